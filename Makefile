@@ -1,0 +1,16 @@
+# The two commands of the README. Each sets up .venv on its own (scripts/setup_env.sh).
+PY := .venv/bin/python
+
+.PHONY: setup test quickstart bench
+
+setup:
+	@bash scripts/setup_env.sh
+
+test: setup
+	$(PY) -m pytest -q tests
+
+quickstart: setup
+	$(PY) -m selective_sft.quickstart $(ARGS)
+
+bench: setup
+	$(PY) benchmarks/bench_attribution.py $(ARGS)

