@@ -126,3 +126,18 @@ def tiny_model(tokenizer, arch: str = "qwen2", seed: int = 0, hidden: int = 64, 
         raise ValueError(f"unknown tiny arch {arch!r}; use one of {sorted(configs)}")
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(configs[arch](**common), dtype=torch.float32)
+
+
+def tiny_checkpoint(arch: str = "qwen2", cache: Path | None = None) -> Path:
+    """A saved tiny random model + tokenizer (``tiny-qwen2`` / ``tiny-llama`` in recipes)."""
+    out = (cache or CACHE) / f"tiny-{arch}"
+    if not (out / "config.json").exists():
+        tok = tiny_tokenizer(cache=cache)
+        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+        tiny_model(tok, arch).save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        try:
+            tmp.rename(out)
+        except OSError:
+            shutil.rmtree(tmp)
+    return out

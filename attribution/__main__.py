@@ -1,0 +1,45 @@
+"""CLI: ``python -m attribution {ig,labels,report} --config recipes/<model>/<method>.yaml [--key value ...]``.
+
+- ``ig``: integrated gradients for every trace (resumable; ``accelerate launch -m attribution ig`` shards it).
+- ``labels``: selection -> the labels dataset (``labels_dir/dataset``) and its summary table.
+- ``report``: plots and the HTML viewer of a labels run.
+"""
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("ig", "labels", "report"):
+        sys.exit(__doc__)
+    command, rest = argv[0], argv[1:]
+    from selective_sft.config import parse_recipe
+
+    args, sft, model_args = parse_recipe(rest)
+    if command == "ig":
+        from .runner import run
+
+        run(args, model_args)
+    elif command == "labels":
+        from .runner import load_attributions, load_trace_records
+        from .labels import build_labels, save_labels
+        from .selection import NEEDS_FEATURE, NEEDS_IG
+        from selective_sft.modeling import load_tokenizer
+
+        tok = load_tokenizer(model_args.model_name_or_path, args.chat_template)
+        needs = args.selector in NEEDS_IG or args.selector in NEEDS_FEATURE
+        attributions = load_attributions(args.attribution_dir) if needs else None
+        rows, summary = build_labels(tok, load_trace_records(args), attributions, args.selector, args.selector_params(),
+                                     args.label_mode, sft.max_length, args.keyword_spec, args.system_prompt)
+        out = save_labels(rows, summary, args.labels_dir, parquet=True)
+        print(summary.table())
+        print(f"labels dataset: {out / 'dataset'}")
+    else:
+        from .report import write_report
+
+        print(f"report: {write_report(args.labels_dir, args.attribution_dir)}")
+
+
+if __name__ == "__main__":
+    main()

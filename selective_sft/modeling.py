@@ -1,0 +1,77 @@
+"""Load a tokenizer and a causal LM from a recipe: Unsloth on CUDA when installed, transformers otherwise."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+
+
+def wants_unsloth(setting: str) -> bool:
+    """'auto' -> Unsloth when CUDA and the package are present; 'true' insists; 'false' never."""
+    available = torch.cuda.is_available() and importlib.util.find_spec("unsloth") is not None
+    if setting == "true" and not available:
+        raise RuntimeError("use_unsloth: true needs a CUDA GPU and the unsloth package (requirements.txt)")
+    return setting == "true" or (setting == "auto" and available)
+
+
+def resolve_model_path(name: str) -> str:
+    """Offline names: ``smollm2`` (packaged SmolLM2-135M-Instruct, converted once), ``tiny-qwen2`` and
+    ``tiny-llama`` (random test models); anything else (a hub name or a path) passes through."""
+    from . import assets
+
+    if name == "smollm2":
+        return str(assets.smollm2())
+    if name in ("tiny-qwen2", "tiny-llama"):
+        return str(assets.tiny_checkpoint(name.split("-", 1)[1]))
+    return name
+
+
+def load_tokenizer(name: str, chat_template: str | None = None, revision: str | None = None):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(name), revision=revision)
+    if chat_template:
+        tok.chat_template = Path(chat_template).read_text(encoding="utf-8")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _dtype(name: str | None):
+    if name in (None, "auto"):
+        return "auto"
+    return getattr(torch, name)
+
+
+def load_model(model_args, use_unsloth: bool = False, max_seq_length: int | None = None, for_training: bool = True):
+    """The recipe's model. Unsloth: full fine-tuning unless ``use_peft`` (then its LoRA path)."""
+    path = resolve_model_path(model_args.model_name_or_path)
+    if use_unsloth:
+        os.environ.setdefault("UNSLOTH_RETURN_LOGITS", "1")
+        from unsloth import FastLanguageModel  # import before trl so Unsloth can patch it
+
+        model, _ = FastLanguageModel.from_pretrained(
+            path, max_seq_length=max_seq_length, dtype=None if model_args.dtype in (None, "auto") else _dtype(model_args.dtype),
+            load_in_4bit=model_args.load_in_4bit, full_finetuning=not model_args.use_peft,
+            use_gradient_checkpointing="unsloth" if for_training else False)
+        if model_args.use_peft:
+            model = FastLanguageModel.get_peft_model(
+                model, r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
+                target_modules=model_args.lora_target_modules or ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                  "gate_proj", "up_proj", "down_proj"],
+                use_gradient_checkpointing="unsloth")
+        return model
+    from transformers import AutoModelForCausalLM
+
+    kwargs = dict(revision=model_args.model_revision, dtype=_dtype(model_args.dtype),
+                  attn_implementation=model_args.attn_implementation)
+    if model_args.load_in_4bit or model_args.load_in_8bit:
+        from trl import get_quantization_config
+
+        kwargs["quantization_config"] = get_quantization_config(model_args)
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if torch.cuda.is_available() and not for_training:
+        model = model.to("cuda")
+    return model

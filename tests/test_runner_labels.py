@@ -1,0 +1,156 @@
+"""Attribution runner (resume, per-record reasons) and the labels dataset (masks, pruning, truncation)."""
+import json
+
+import numpy as np
+import pytest
+from trl import ModelConfig
+
+from attribution import runner
+from attribution.alignment import align
+from attribution.labels import IGNORE, build_labels, save_labels
+from attribution.segments import split_segments
+from data import synthetic
+from data.prompts import training_text
+from selective_sft.config import SelectiveArguments
+
+
+def _chat_row(rid, question, trace, answer=None):
+    end = f"\n</think>\n\nSo the answer is \\boxed{{{answer}}}." if answer else ""  # no answer: cut off
+    return {"question_id": rid, "question": question, "full_response": f"<｜User｜>{question}<｜Assistant｜><think>\n{trace}{end}"}
+
+
+@pytest.fixture(scope="module")
+def traces(tmp_path_factory):
+    recs = synthetic.generate(6, seed=5)
+    rows = [_chat_row(r.id, r.question, r.trace, r.answer) for r in recs]
+    rows.append(_chat_row("cut-off", "q?", "x.\n\nWait, y"))
+    rows.append(_chat_row("too-long", recs[0].question, recs[0].trace * 8, recs[0].answer))
+    path = tmp_path_factory.mktemp("traces") / "t.json"
+    path.write_text(json.dumps(rows))
+    return str(path)
+
+
+def _args(path, out, **kw):
+    return SelectiveArguments(**{"traces": path, "traces_chat": True, "ig_steps": 4, "ig_internal_batch": 4,
+                                 "ig_max_length": 400, "attribution_dir": str(out), **kw})
+
+
+def _run(args, tok, model):
+    return runner.run(args, ModelConfig(model_name_or_path="tiny-qwen2"), model=model, tokenizer=tok)
+
+
+def test_runner_reasons_and_resume(traces, tmp_path, tiny_tok, tiny_qwen2):
+    full = _run(_args(traces, tmp_path / "full"), tiny_tok, tiny_qwen2)
+    assert full["records"] == 8 and full["attributed"] == 6
+    reasons = {why: ids for why, ids in full["skipped_ids"].items()}
+    assert reasons.pop("answer missing (trace cut off before </think>)") == ["cut-off"]
+    (why, ids), = reasons.items()
+    assert why.startswith("over length (") and why.endswith("> ig_max_length 400)") and ids == ["too-long"]
+    # kill after 2 records: a shard with 2 complete rows and a torn third line, then rerun
+    rows = (tmp_path / "full" / "shards" / "rank0-of-1.jsonl").read_text().splitlines(keepends=True)
+    part = tmp_path / "part"
+    (part / "shards").mkdir(parents=True)
+    (part / "shards" / "rank0-of-1.jsonl").write_text("".join(rows[:2]) + rows[2][: len(rows[2]) // 2])
+    (part / "config.json").write_text((tmp_path / "full" / "config.json").read_text())
+    resumed = _run(_args(traces, part), tiny_tok, tiny_qwen2)
+    a = [json.loads(x) for x in (tmp_path / "full" / "shards" / "rank0-of-1.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (part / "shards" / "rank0-of-1.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in b] == [r["id"] for r in a]  # nothing lost, nothing duplicated
+    for x, y in zip(a, b):
+        assert x["token_ig"] == y["token_ig"] and x["status"] == y["status"]
+    assert resumed["attributed"] == full["attributed"]
+    merged = runner.load_attributions(part)
+    assert list(merged) == [r["id"] for r in a] and merged["cut-off"]["status"] == "skipped"
+    with pytest.raises(ValueError, match="other settings"):
+        _run(_args(traces, part, ig_steps=5), tiny_tok, tiny_qwen2)
+
+
+@pytest.fixture(scope="module")
+def attributed(tmp_path_factory, tiny_tok, tiny_qwen2):
+    recs = synthetic.generate(8, seed=9)
+    path = synthetic.write_jsonl(recs, tmp_path_factory.mktemp("labels") / "t.jsonl")
+    out = path.parent / "attr"
+    args = SelectiveArguments(traces=str(path), ig_steps=6, attribution_dir=str(out))
+    runner.run(args, ModelConfig(model_name_or_path="tiny-qwen2"), model=tiny_qwen2, tokenizer=tiny_tok)
+    return recs, runner.load_attributions(out)
+
+
+PARAMS = {"tau": 0.7, "beta": 0.8, "token_ratio": 0.45, "seed": 0}
+
+
+def test_mask_labels_follow_segments(attributed, tiny_tok):
+    recs, attrs = attributed
+    rows, summary = build_labels(tiny_tok, recs, attrs, "paper", PARAMS)
+    assert summary.records_out == len(recs) and 0 < summary.to_dict()["pct_tokens_selected"] < 100
+    for rec, row in zip(recs, rows):
+        pt = training_text(tiny_tok, rec.question, rec.trace)
+        al = align(tiny_tok, pt, split_segments(rec.trace))
+        assert row["input_ids"] == al.input_ids.tolist()  # the trainer sees exactly this tokenization
+        labels = np.asarray(row["labels"])
+        sel = np.asarray(row["selected"])
+        expect = np.where(al.token_segment >= 0, sel[np.maximum(al.token_segment, 0)], al.token_segment == -2)
+        assert ((labels != IGNORE) == expect).all()
+        assert labels[-1] == tiny_tok.eos_token_id and (labels[al.token_segment == -1] == IGNORE).all()
+        assert sel[0] and sel[-1]
+        np.testing.assert_array_equal(labels[labels != IGNORE], np.asarray(row["input_ids"])[labels != IGNORE])
+
+
+def test_prune_removes_unselected_text(attributed, tiny_tok):
+    recs, attrs = attributed
+    masked, _ = build_labels(tiny_tok, recs, attrs, "paper", PARAMS, mode="mask")
+    pruned, _ = build_labels(tiny_tok, recs, attrs, "paper", PARAMS, mode="prune")
+    some_removed = False
+    for rec, m, p in zip(recs, masked, pruned):
+        segs = split_segments(rec.trace)
+        kept = "".join(s.text for s, keep in zip(segs, m["selected"]) if keep)
+        some_removed |= kept != rec.trace
+        assert tiny_tok.decode(p["input_ids"]) == training_text(tiny_tok, rec.question, kept).text
+        n_prompt = len(tiny_tok(training_text(tiny_tok, rec.question, kept).prompt, add_special_tokens=False)["input_ids"])
+        assert all(x == IGNORE for x in p["labels"][:n_prompt]) and all(x != IGNORE for x in p["labels"][n_prompt:])
+    assert some_removed
+    with pytest.raises(ValueError, match="cannot prune"):
+        build_labels(tiny_tok, recs, attrs, "high_abs_ig_tokens", PARAMS, mode="prune")
+
+
+def test_token_level_selection_maps_by_characters(attributed, tiny_tok):
+    recs, attrs = attributed
+    rows, summary = build_labels(tiny_tok, recs, attrs, "high_abs_ig_tokens", PARAMS)
+    for rec, row in zip(recs, rows):
+        a = attrs[rec.id]
+        seg = np.asarray(a["token_segment"])
+        n_sel = int(np.ceil(0.45 * (seg >= 0).sum()))
+        trained_trace = sum(1 for x in row["labels"] if x != IGNORE) - 1  # minus EOS
+        assert abs(trained_trace - n_sel) <= 1  # the last trace token may merge differently before EOS
+    assert 40 < summary.to_dict()["pct_tokens_selected"] < 50
+
+
+def test_truncation_aligned_and_empty_records_dropped(attributed, tiny_tok):
+    recs, attrs = attributed
+    full, _ = build_labels(tiny_tok, recs, attrs, "paper", PARAMS)
+    n_prompt = min(row["labels"].index(next(x for x in row["labels"] if x != IGNORE)) for row in full)
+    cut = n_prompt  # every record's prompt is at least this long: nothing trained survives
+    rows, summary = build_labels(tiny_tok, recs, attrs, "paper", PARAMS, max_length=cut)
+    first = [r for r in full if next(i for i, x in enumerate(r["labels"]) if x != IGNORE) == n_prompt]
+    assert summary.dropped["no trained token (after truncation to max_length)"] == len(recs) - len(rows)
+    assert len(rows) == 0 and len(first) >= 1
+    rows, summary = build_labels(tiny_tok, recs, attrs, "paper", PARAMS, max_length=n_prompt + 5)
+    assert summary.truncated == len(recs) and len(rows) >= 1
+    by_id = {r["id"]: r for r in full}
+    for r in rows:
+        assert len(r["input_ids"]) == len(r["labels"]) == len(r["attention_mask"]) == n_prompt + 5
+        assert r["labels"] == by_id[r["id"]]["labels"][: n_prompt + 5]
+
+
+def test_labels_dataset_byte_identical(attributed, tiny_tok, tmp_path):
+    import datasets
+
+    recs, attrs = attributed
+    for name in ("a", "b"):
+        rows, summary = build_labels(tiny_tok, recs, attrs, "random_segments", PARAMS)
+        save_labels(rows, summary, tmp_path / name, parquet=True)
+    arrows = sorted(p.name for p in (tmp_path / "a" / "dataset").glob("*.arrow"))
+    assert arrows and all((tmp_path / "a" / "dataset" / f).read_bytes() == (tmp_path / "b" / "dataset" / f).read_bytes()
+                          for f in arrows)
+    assert (tmp_path / "a" / "labels.parquet").read_bytes() == (tmp_path / "b" / "labels.parquet").read_bytes()
+    ds = datasets.load_from_disk(str(tmp_path / "a" / "dataset"))
+    assert {"input_ids", "attention_mask", "labels", "selected", "strength", "consistency"} <= set(ds.column_names)
