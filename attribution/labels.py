@@ -39,6 +39,7 @@ class LabelSummary:
     truncated: int = 0
     dropped: Counter = field(default_factory=Counter)
     dropped_ids: dict = field(default_factory=dict)
+    tokenizer: dict = field(default_factory=dict)  # the signature training checks against the model's
 
     def drop(self, rid: str, reason: str) -> None:
         self.dropped[reason] += 1
@@ -50,7 +51,8 @@ class LabelSummary:
                 "records_out": self.records_out, "segments_per_trace": self.segments / n,
                 "pct_segments_selected": 100 * self.segments_selected / max(self.segments, 1),
                 "pct_tokens_selected": 100 * self.trace_tokens_selected / max(self.trace_tokens, 1),
-                "truncated": self.truncated, "dropped": dict(self.dropped), "dropped_ids": self.dropped_ids}
+                "truncated": self.truncated, "dropped": dict(self.dropped), "dropped_ids": self.dropped_ids,
+                "tokenizer": self.tokenizer}
 
     def table(self) -> str:
         d = self.to_dict()
@@ -61,6 +63,12 @@ class LabelSummary:
         rows += [(f"dropped: {why}", str(n)) for why, n in sorted(self.dropped.items())]
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def tokenizer_signature(tokenizer) -> dict:
+    """What a labels dataset must share with the model's tokenizer to be trained on."""
+    return {"vocab_size": len(tokenizer), "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id}
 
 
 def trace_view(rec: Record, segs, attribution: dict | None) -> TraceView:
@@ -125,7 +133,7 @@ def label_record(tokenizer, rec: Record, attribution: dict | None, selector: str
 def build_labels(tokenizer, records: list[Record], attributions: dict[str, dict] | None, selector: str, params: dict,
                  mode: str = "mask", max_length: int | None = None, keywords="paper", system: str | None = None):
     """(rows, LabelSummary) for all records; see the module docstring for what is dropped and why."""
-    summary = LabelSummary(selector, mode, records_in=len(records))
+    summary = LabelSummary(selector, mode, records_in=len(records), tokenizer=tokenizer_signature(tokenizer))
     needs_attr = selector in NEEDS_IG or selector in NEEDS_FEATURE
     rows = []
     for rec in records:

@@ -85,7 +85,9 @@ def run(args, model_args, model=None, tokenizer=None, out_dir: str | None = None
 
     from selective_sft.modeling import load_model, load_tokenizer
 
-    state = PartialState()
+    import torch
+
+    state = PartialState(cpu=not torch.cuda.is_available())  # cpu: several CPU processes join over gloo
     out = Path(out_dir or args.attribution_dir)
     out.mkdir(parents=True, exist_ok=True)
     records = load_trace_records(args)

@@ -123,3 +123,19 @@ def write_jsonl(records: list[Record], path: str | Path) -> Path:
         for r in records:
             f.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
     return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description="Write synthetic R1-style traces with planted redundancy as jsonl.")
+    p.add_argument("path")
+    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", default="train")
+    a = p.parse_args(argv)
+    print(write_jsonl(generate(a.n, a.seed, a.split), a.path))
+
+
+if __name__ == "__main__":
+    main()

