@@ -1,0 +1,142 @@
+"""Evaluation: grader quality on the real sets, timeouts, GPQA shuffling, metrics, the HF backend end to end."""
+import itertools
+import json
+import re
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from eval.benchmarks import load_benchmark, shuffle_choices
+from eval.grading import Grader, extract_answer, grade_one, is_equivalent
+from eval.metrics import pass_at_k, summarize, table
+from eval.run import collect_table, evaluate
+from tests.conftest import shared_path
+
+
+@pytest.fixture(scope="module")
+def grader():
+    with Grader(timeout=10) as g:
+        yield g
+
+
+def test_math500_reference_answers_accepted(grader):
+    rows = [json.loads(x) for x in shared_path("benchmarks", "math500", "test.jsonl").read_text().split("\n") if x]
+    res = grader.grade([(r["solution"], r["answer"], "math") for r in rows])
+    misses = [(r["unique_id"], r["answer"], g["extracted"]) for r, g in zip(rows, res) if not g["correct"]]
+    assert len(misses) <= 5, f"rejected reference answers: {misses}"
+
+
+def _perturb(answer: str):
+    if re.fullmatch(r"-?\d+", answer) and int(answer) != 0:
+        yield str(int(answer) + 1)
+        yield str(-int(answer))
+    m = re.fullmatch(r"\\frac\{(\d+)\}\{(\d+)\}", answer)
+    if m:
+        yield f"\\frac{{{int(m.group(1)) + 1}}}{{{m.group(2)}}}"
+
+
+def test_math500_perturbed_answers_rejected(grader):
+    rows = [json.loads(x) for x in shared_path("benchmarks", "math500", "test.jsonl").read_text().split("\n") if x]
+    tasks = [(f"so the answer is \\boxed{{{p}}}", r["answer"], "math") for r in rows for p in _perturb(r["answer"])]
+    assert len(tasks) > 300
+    accepted = [t for t, g in zip(tasks, grader.grade(tasks)) if g["correct"]]
+    assert not accepted, accepted
+
+
+@pytest.mark.parametrize("pred,gold", [
+    ("\\frac{1}{2}", "0.5"), ("025", "25"), ("\\dfrac{3}{4}", "\\frac{3}{4}"), ("x=3", "3"), ("3", "x = 3"),
+    ("30^\\circ", "30"), ("30", "30^\\circ"), ("10\\text{ cm}", "10"), ("\\frac{\\sqrt{3}}{2}", "\\frac{1}{2}\\sqrt{3}"),
+    ("(3, \\frac{\\pi}{2})", "\\left( 3, \\frac{\\pi}{2} \\right)"), ("27", "27.0"),
+])
+def test_equivalent_forms(pred, gold):
+    assert is_equivalent(pred, gold)
+
+
+def test_extraction_fallbacks():
+    assert extract_answer("a \\boxed{\\frac{1}{2}} b \\boxed{3}") == ("3", "boxed")
+    assert extract_answer("So the final answer is 42.") == ("42", "final")
+    assert extract_answer("we get $x^2$ here") == ("x^2", "math")
+    assert extract_answer("it is 7 or 8") == ("8", "number")
+    assert extract_answer("no idea") == (None, "none")
+    assert grade_one("I pick \\boxed{C}", "C", "choice")["correct"]
+    assert not grade_one("I pick \\boxed{(B)}", "C", "choice")["correct"]
+
+
+def test_timeout_off_main_thread():
+    """A pathological expression (math-verify hangs on it) is cut off, and grading works from a thread."""
+    out = {}
+
+    def run():
+        with Grader(timeout=3) as g:
+            t0 = time.time()
+            out["res"] = g.grade([("\\boxed{9^{9^{9^{9}}}}", "1", "math"), ("\\boxed{2}", "2", "math")])
+            out["dt"], out["timeouts"] = time.time() - t0, g.timeouts
+
+    th = threading.Thread(target=run)
+    th.start()
+    th.join(120)
+    assert out["res"][0]["how"] == "timeout" and not out["res"][0]["correct"] and out["res"][1]["correct"]
+    assert out["timeouts"] == 1 and out["dt"] < 60
+
+
+def test_gpqa_shuffled_seeded():
+    items = load_benchmark("gpqa_diamond", shared_path("benchmarks", "gpqa_diamond", "test.jsonl"))
+    raw = [json.loads(x) for x in shared_path("benchmarks", "gpqa_diamond", "test.jsonl").read_text().split("\n") if x]
+    assert len(items) == 198 and {it.answer for it in items} == set("ABCD")
+    assert max(np.unique([it.answer for it in items], return_counts=True)[1]) < 80
+    for it, r in zip(items[:20], raw):
+        right = re.search(r"^A\. (.*)$", r["question"], re.M).group(1)
+        assert f"{it.answer}. {right}" in it.question and "Please reason" not in it.question
+    assert load_benchmark("gpqa_diamond", shared_path("benchmarks", "gpqa_diamond", "test.jsonl")) == items
+    q, a = shuffle_choices("Q?\n\nA. x\nB. y\nC. z\nD. w", "A", 1, "k")
+    assert q.startswith("Q?\n\n") and f"{a}. x" in q
+
+
+@pytest.mark.parametrize("name,count", [("math500", 500), ("aime24", 30), ("amc23", 40), ("minerva_math", 272),
+                                        ("olympiadbench", 675)])
+def test_local_benchmarks_load(name, count):
+    items = load_benchmark(name, shared_path("benchmarks", name, "test.jsonl"))
+    assert len(items) == count and all(it.question and it.answer for it in items)
+    assert len({it.id for it in items}) == count
+    if name == "amc23":
+        assert items[0].answer == "27"
+
+
+def test_pass_at_k_unbiased():
+    # brute force: the probability that a random k-subset of n samples holds a correct one
+    n, c = 6, 2
+    flags = [1] * c + [0] * (n - c)
+    for k in range(1, n + 1):
+        subsets = list(itertools.combinations(flags, k))
+        assert pass_at_k(n, c, k) == pytest.approx(np.mean([any(s) for s in subsets]))
+    assert pass_at_k(4, 0, 2) == 0 and pass_at_k(4, 3, 2) == 1
+
+
+def test_summarize_and_table():
+    rows = [{"benchmark": "b", "id": str(i), "mode": "sample", "sample": j, "correct": (i + j) % 2 == 0, "n_tokens": 10 + j}
+            for i in range(4) for j in range(4)]
+    rows += [{"benchmark": "b", "id": str(i), "mode": "greedy", "sample": 0, "correct": i < 3, "n_tokens": 5} for i in range(4)]
+    s = summarize(rows)["b"]
+    assert s["greedy_acc"] == 75 and s["pass@1"] == 50 and s["pass@4"] == 100 and s["samples"] == 4
+    md = table({"base": {"b": s}, "sel": {"b": {**s, "pass@1": 60.0}}}, baseline="base")
+    assert md.count("\n") == 3 and "| sel |" in md and "(+10.0)" in md
+
+
+def test_hf_backend_end_to_end_and_resume(tmp_path):
+    benches = {"math500": str(shared_path("benchmarks", "math500", "test.jsonl")),
+               "gpqa_diamond": str(shared_path("benchmarks", "gpqa_diamond", "test.jsonl"))}
+    kw = dict(modes=("greedy", "sample"), samples=2, max_new_tokens=6, backend="hf", batch_size=2, limit=3)
+    s = evaluate("tiny-qwen2", "tiny", benches, tmp_path, **kw)
+    assert set(s) == {"math500", "gpqa_diamond"} and s["math500"]["questions"] == 3
+    assert s["math500"]["mean_tokens"] <= 6 and "pass@1" in s["math500"] and "greedy_acc" in s["gpqa_diamond"]
+    path = tmp_path / "tiny" / "samples.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    assert len(lines) == 2 * 3 * (1 + 2)
+    path.write_text("".join(lines[:7]) + lines[7][:20])  # killed mid-write
+    s2 = evaluate("tiny-qwen2", "tiny", benches, tmp_path, **kw)
+    keys = [json.loads(x)["key"] for x in path.read_text().split("\n") if x]
+    assert len(keys) == len(set(keys)) == 18 and s2.keys() == s.keys()
+    md = collect_table(tmp_path)
+    assert "| tiny |" in md and (tmp_path / "table.md").exists()
