@@ -39,7 +39,7 @@ def load_trace_records(args) -> list[Record]:
 def attribute_record(model, tokenizer, rec: Record, args) -> dict:
     """One output row: token IG, token -> segment map, segment spans, target values and gap."""
     segs = split_segments(rec.trace, args.keyword_spec)
-    row = {"id": rec.id, "status": "ok", "reason": "", "segments": [[s.start, s.end] for s in segs],
+    row = {"id": rec.id, "status": "ok", "reason": "", "segments": [[s.start, s.end] for s in segs], "trace_start": 0,
            "answer": rec.answer, "input_ids": [], "token_start": [], "token_segment": [], "token_ig": [],
            "f_input": None, "f_baseline": None, "completeness_gap": None, "features": {}, "seconds": 0.0}
     if not rec.answer:
@@ -58,7 +58,7 @@ def attribute_record(model, tokenizer, rec: Record, args) -> dict:
         feats = segment_features(model, tokenizer, pt.prompt, [s.text for s in segs], rec.answer, args.ig_features,
                                  args.ig_answer_suffix)
         row["features"] = {k: v.tolist() for k, v in feats.items()}
-    return {**row, "input_ids": al.input_ids.tolist(), "token_start": al.offsets[:, 0].tolist(),
+    return {**row, "trace_start": pt.trace_start, "input_ids": al.input_ids.tolist(), "token_start": al.offsets[:, 0].tolist(),
             "token_segment": al.token_segment.tolist(), "token_ig": res.token_ig.tolist(),
             "f_input": res.f_input, "f_baseline": res.f_baseline, "completeness_gap": res.completeness_gap,
             "seconds": time.perf_counter() - t0}

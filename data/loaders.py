@@ -109,6 +109,8 @@ def iter_records(source: str, fields: dict[str, str] | None = None, split: str =
         where = f"{source} record {i} (id {rid})"
         try:
             meta = {k: v for k, v in row.items() if k not in mapping.values() and isinstance(v, (str, int, float, bool))}
+            if isinstance(row.get("meta"), dict):  # records written by write_jsonl round-trip their metadata
+                meta.update(row["meta"])
             if chat:
                 response = row.get(mapping["response"])
                 if not isinstance(response, str) or not response.strip():

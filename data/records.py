@@ -6,8 +6,10 @@ record and the field, or (``on_bad="skip"``) are skipped and counted in a :class
 """
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 REQUIRED_FIELDS = ("id", "question", "trace", "answer")
@@ -101,3 +103,13 @@ def validated(
         seen[rec.id] = where
         report.kept += 1
         yield rec
+
+
+def write_jsonl(records: list[Record], path: str | Path) -> Path:
+    """Write records as jsonl (the format every loader reads back)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
+    return path

@@ -11,11 +11,9 @@ The ground truth lets the quickstart measure how often the selector masks plante
 """
 from __future__ import annotations
 
-import json
 import random
-from pathlib import Path
 
-from .records import Record
+from .records import Record, write_jsonl
 
 NAMES = ["Tom", "Ana", "Ravi", "Mia", "Kofi", "Lena", "Omar", "Yuki", "Sara", "Ivan"]
 ITEMS = ["apples", "marbles", "stickers", "pencils", "coins", "cards", "shells", "books"]
@@ -114,15 +112,6 @@ def generate(n: int, seed: int = 0, split: str = "train", plant: bool = True) ->
         records.append(Record(f"synth-{split}-{i}", p["question"], trace, str(p["answer"]), "synthetic",
                               {"segments": segs}))
     return records
-
-
-def write_jsonl(records: list[Record], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
-    return path
 
 
 def main(argv: list[str] | None = None) -> None:
