@@ -37,8 +37,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"labels dataset: {out / 'dataset'}")
     else:
         from .report import write_report
+        from .runner import load_trace_records
 
-        print(f"report: {write_report(args.labels_dir, args.attribution_dir)}")
+        print(f"report: {write_report(args.labels_dir, args.attribution_dir, load_trace_records(args))}")
 
 
 if __name__ == "__main__":

@@ -154,3 +154,27 @@ def test_labels_dataset_byte_identical(attributed, tiny_tok, tmp_path):
     assert (tmp_path / "a" / "labels.parquet").read_bytes() == (tmp_path / "b" / "labels.parquet").read_bytes()
     ds = datasets.load_from_disk(str(tmp_path / "a" / "dataset"))
     assert {"input_ids", "attention_mask", "labels", "selected", "strength", "consistency"} <= set(ds.column_names)
+
+
+def test_report_plots_and_viewer(attributed, tiny_tok, tmp_path):
+    import html
+    import re
+
+    from attribution.report import write_report
+
+    recs, attrs = attributed
+    rows, summary = build_labels(tiny_tok, recs, attrs, "paper", PARAMS)
+    save_labels(rows, summary, tmp_path / "labels")
+    out = write_report(tmp_path / "labels", None, recs)
+    for name in ("cumulative.png", "strength_consistency.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    from attribution.report import write_viewer
+
+    page = write_viewer({r.id: r for r in recs}, rows, attrs, tmp_path / "v.html", "t").read_text()
+    for rec, row in zip(recs, rows):
+        block = page.split(f"<h3>{rec.id}:", 1)[1].split('<div class="rec">', 1)[0]
+        trace_html = block.split('<div class="trace">', 1)[1].rsplit("</div></div>", 1)[0]
+        assert html.unescape(re.sub(r"<[^>]+>", "", trace_html)) == rec.trace  # every character, once, in order
+        assert trace_html.count('data-seg="') == len(row["selected"])
+        assert trace_html.count('class="seg sel"') == sum(row["selected"])
+        assert trace_html.count('title="IG ') > 0.8 * sum(1 for s in attrs[rec.id]["token_segment"] if s >= 0)
