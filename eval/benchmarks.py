@@ -34,6 +34,8 @@ BENCHMARKS: dict[str, Spec] = {
     "gpqa_diamond": Spec("fingertap/GPQA-Diamond", "test", "question", "answer", kind="choice", id="id"),
     "minerva_math": Spec("math-ai/minervamath", "test", "question", "answer"),
     "olympiadbench": Spec("math-ai/olympiadbench", "test", "question", "answer", id="id"),
+    # held-out synthetic problems of the quickstart (data.synthetic), local only
+    "synthetic": Spec("", "", "question", "answer", id="id", samples=4),
 }
 
 

@@ -54,6 +54,15 @@ class SelectiveArguments:
     first_stage_labels_dir: str | None = field(default=None, metadata={"help": "two-stage: full-CoT labels trained first"})
     first_stage_epochs: float = 0.0
     first_stage_learning_rate: float | None = None
+    # --- evaluation (quickstart / pipeline) ---
+    eval_benchmarks: list[str] = field(default_factory=lambda: ["math500", "aime24", "amc23", "gpqa_diamond",
+                                                                "minerva_math", "olympiadbench"])
+    eval_data_dir: str | None = field(default=None, metadata={"help": "local root with <benchmark>/test.jsonl; default: the hub"})
+    eval_max_new_tokens: int = 32768
+    eval_samples: int = field(default=0, metadata={"help": "sampled answers per question at t=0.6 (-1: the paper's n)"})
+    eval_limit: int | None = None
+    eval_batch_size: int = 8
+    eval_backend: str = "auto"
 
     def __post_init__(self):
         if isinstance(self.traces_fields, str):

@@ -63,7 +63,7 @@ def train(args, sft, model_args, callbacks=None):
     if args.first_stage_labels_dir and args.first_stage_epochs > 0:
         stages.append(("stage1_full_cot", args.first_stage_labels_dir, args.first_stage_epochs,
                        args.first_stage_learning_rate or sft.learning_rate))
-    stages.append(("selective", args.labels_dir, sft.num_train_epochs, sft.learning_rate))
+    stages.append(("final", args.labels_dir, sft.num_train_epochs, sft.learning_rate))
     trainer = None
     for name, labels_dir, epochs, lr in stages:
         dataset = load_labels_dataset(labels_dir, tokenizer, model)
@@ -72,7 +72,7 @@ def train(args, sft, model_args, callbacks=None):
         peft = None if use_unsloth or trainer is not None else get_peft_config(model_args)
         trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                              peft_config=peft, callbacks=callbacks)
-        print(f"[{name}] {len(dataset)} examples, {epochs} epochs at lr {lr} -> {out}")
+        print(f"[{name}] {labels_dir}: {len(dataset)} examples, {epochs} epochs at lr {lr} -> {out}")
         trainer.train(resume_from_checkpoint=_resume_arg(config.resume_from_checkpoint))
         trainer.save_model(out)
         tokenizer.save_pretrained(out)
