@@ -1,0 +1,102 @@
+"""Training throughput: tokens/s and peak memory of the SFT path on selective labels.
+
+CPU (plain transformers + TRL): the tiny random Qwen2 and SmolLM2-135M-Instruct, each in its own
+process so peak RSS is its own. On a CUDA GPU, ``--model`` any hub model (e.g. a randomly
+initialised R1-Distill-Qwen-1.5B via ``--random-init``) and ``--unsloth true|false`` compare the paths.
+    python benchmarks/bench_train.py                       # tiny-qwen2 and smollm2 on CPU
+    python benchmarks/bench_train.py --model deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B --random-init \\
+        --length 16384 --unsloth true                      # GPU
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def one(model: str, steps: int, batch: int, length: int, unsloth: str, random_init: bool) -> dict:
+    import torch
+    from transformers import TrainerCallback
+    from trl import ModelConfig, SFTConfig
+
+    from attribution.labels import build_labels, save_labels
+    from data import synthetic
+    from data.records import Record
+    from selective_sft.config import SelectiveArguments
+    from selective_sft.modeling import load_tokenizer
+    from selective_sft.train import train
+
+    tok = load_tokenizer(model)
+    recs = synthetic.generate(batch * steps, seed=7)
+    if length > 300:  # long-context runs: repeat each trace up to the length
+        recs = [Record(r.id, r.question, (r.trace + "\n\n") * max(1, length // 180), r.answer, r.source)
+                for r in recs]
+    rows, summary = build_labels(tok, recs, None, "first_correct_solution", {}, max_length=length)
+    tmp = Path(tempfile.mkdtemp())
+    save_labels(rows, summary, tmp / "labels")
+    n_tokens = sum(len(r["input_ids"]) for r in rows)
+    gpu = torch.cuda.is_available()
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            if state.global_step == 1:  # skip the first step (warm-up, allocation)
+                self.t0 = time.perf_counter()
+
+    clock = Clock()
+    config = SFTConfig(output_dir=str(tmp / "out"), max_length=length, max_steps=steps, per_device_train_batch_size=batch,
+                       learning_rate=1e-5, save_strategy="no", report_to="none", bf16=gpu, use_cpu=not gpu,
+                       loss_type="nll", gradient_checkpointing=gpu, logging_steps=steps)
+    margs = ModelConfig(model_name_or_path=model, dtype="bfloat16" if gpu else "float32")
+    if random_init:  # speed only: a randomly initialised model of the same architecture
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        path = tmp / "random"
+        AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model)).save_pretrained(path)
+        tok.save_pretrained(path)
+        margs.model_name_or_path = str(path)
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
+    train(SelectiveArguments(labels_dir=str(tmp / "labels"), use_unsloth=unsloth), config, margs, callbacks=[clock])
+    dt = time.perf_counter() - clock.t0
+    per_step = n_tokens / steps
+    return {"model": model, "unsloth": unsloth, "steps_timed": steps - 1, "tokens_per_step": per_step,
+            "tokens_per_s": per_step * (steps - 1) / dt, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if gpu else None}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="tiny-qwen2,smollm2")
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--length", type=int, default=512)
+    p.add_argument("--unsloth", default="false")
+    p.add_argument("--random-init", action="store_true")
+    p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.one:
+        print(json.dumps(one(a.model, a.steps, a.batch, a.length, a.unsloth, a.random_init)))
+        return
+    print("| model | unsloth | tokens/step | tokens/s | peak RSS MB | peak GPU MB |\n|---|---|---|---|---|---|")
+    for model in a.model.split(","):
+        cmd = [sys.executable, __file__, "--one", "--model", model, "--steps", str(a.steps), "--batch", str(a.batch),
+               "--length", str(a.length), "--unsloth", a.unsloth] + (["--random-init"] if a.random_init else [])
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode:
+            sys.exit(out.stderr[-3000:])
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        gpu = f"{r['peak_gpu_mb']:.0f}" if r["peak_gpu_mb"] is not None else "-"
+        print(f"| {model} | {r['unsloth']} | {r['tokens_per_step']:.0f} | {r['tokens_per_s']:.0f} | {r['peak_rss_mb']:.0f} | {gpu} |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
