@@ -140,3 +140,16 @@ def test_hf_backend_end_to_end_and_resume(tmp_path):
     assert len(keys) == len(set(keys)) == 18 and s2.keys() == s.keys()
     md = collect_table(tmp_path)
     assert "| tiny |" in md and (tmp_path / "table.md").exists()
+
+
+def test_vllm_backend(tmp_path):
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available() or importlib.util.find_spec("vllm") is None:
+        pytest.skip("vLLM backend needs a CUDA GPU and the vllm package; the HF backend test covers the plumbing on CPU")
+    benches = {"math500": str(shared_path("benchmarks", "math500", "test.jsonl"))}
+    s = evaluate("smollm2", "smol-vllm", benches, tmp_path, modes=("greedy", "sample"), samples=2, max_new_tokens=64,
+                 backend="vllm", limit=4)
+    assert s["math500"]["questions"] == 4 and "pass@1" in s["math500"]
