@@ -124,9 +124,8 @@ def label_record(tokenizer, rec: Record, attribution: dict | None, selector: str
         "consistency": scores.consistency.tolist() if scores else zeros,
         "selected": (seg_sel if seg_sel is not None else np.zeros(k, bool)).tolist(),
         "selector": selector, "selector_params": json.dumps(params, sort_keys=True), "mode": mode, "note": sel.note,
-        # counted in the summary, then removed: trace tokens of the full trace, and how many are trained
-        "_trace_tokens": n_trace, "_trained_trace_tokens": int(trained[al.token_segment >= 0].sum()) if mode == "mask"
-        else int((al.token_segment >= 0).sum()),
+        # counted in the summary, then removed: tokens of the full trace, and how many of them are trained
+        "_trace_tokens": n_trace, "_trained_trace_tokens": int(trained[al.token_segment >= 0].sum()),
     }
 
 

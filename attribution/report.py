@@ -77,8 +77,9 @@ def _heat(v: float, vmax: float) -> str:
     return f"rgba(220,40,40,{a:.3f})" if v > 0 else f"rgba(40,90,220,{a:.3f})"
 
 
-def render_trace(trace: str, row: dict, attribution: dict | None) -> str:
-    """HTML of one trace: every character once, in segment spans, token pieces coloured by IG."""
+def render_trace(trace: str, row: dict, attribution: dict | None, kinds: list[str] | None = None) -> str:
+    """HTML of one trace: every character once, in segment spans, token pieces coloured by IG.
+    ``kinds``: ground-truth segment kinds (synthetic data), shown as a badge on planted segments."""
     starts, igs = np.zeros(0, dtype=np.int64), np.zeros(0)
     if attribution is not None and attribution.get("token_ig"):
         seg = np.asarray(attribution["token_segment"])
@@ -91,6 +92,9 @@ def render_trace(trace: str, row: dict, attribution: dict | None) -> str:
         cls = "seg sel" if row["selected"][k] else "seg"
         tip = (f"segment {k} | {'trained' if row['selected'][k] else 'masked'} | strength {row['strength'][k]:.4g} | "
                f"norm {row['norm_strength'][k]:.3f} | consistency {row['consistency'][k]:.3f}")
+        kind = kinds[k] if kinds and k < len(kinds) else None
+        if kind and kind != "genuine":
+            tip += f" | planted: {kind}"
         cuts = [a] + [int(s) for s in starts if a < s < b] + [b]
         pieces = []
         for lo, hi in zip(cuts[:-1], cuts[1:]):
@@ -101,14 +105,15 @@ def render_trace(trace: str, row: dict, attribution: dict | None) -> str:
                 pieces.append(f'<span class="tok" style="background:{_heat(v, vmax)}" title="IG {v:.4g}">{text}</span>')
             else:
                 pieces.append(text)
-        parts.append(f'<span class="{cls}" data-seg="{k}" title="{html.escape(tip)}">{"".join(pieces)}</span>')
+        badge = f'<sup class="kind">{kind}</sup>' if kind and kind != "genuine" else ""
+        parts.append(f'<span class="{cls}" data-seg="{k}" title="{html.escape(tip)}">{"".join(pieces)}</span>{badge}')
     return "".join(parts)
 
 
 STYLE = """body{font:14px/1.5 system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}
 .rec{border-top:1px solid #ccc;padding:1em 0}.q{color:#555}.trace{white-space:pre-wrap;font-family:ui-monospace,monospace;font-size:12.5px}
 .seg{border:1px dashed #bbb;border-radius:3px;opacity:.55}.seg.sel{border:1.5px solid #2a2;opacity:1}
-.legend span{margin-right:1.2em}"""
+.legend span{margin-right:1.2em}.kind{color:#a50;font:bold 10px system-ui;margin-left:2px}"""
 
 
 def write_viewer(records: dict, rows: list[dict], attributions: dict | None, path: Path, title: str) -> Path:
@@ -120,10 +125,11 @@ def write_viewer(records: dict, rows: list[dict], attributions: dict | None, pat
     for row in rows:
         rec = records[row["id"]]
         attr = (attributions or {}).get(row["id"])
+        kinds = [m["kind"] for m in rec.meta.get("segments", [])] or None
         n_sel = int(sum(row["selected"]))
         body.append(f'<div class="rec"><h3>{html.escape(row["id"])}: {n_sel} of {len(row["selected"])} segments trained</h3>'
                     f'<p class="q">{html.escape(rec.question)} <b>answer: {html.escape(str(rec.answer))}</b></p>'
-                    f'<div class="trace">{render_trace(rec.trace, row, attr)}</div></div>')
+                    f'<div class="trace">{render_trace(rec.trace, row, attr, kinds)}</div></div>')
     path.write_text(f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title><style>{STYLE}</style>"
                     + "\n".join(body), encoding="utf-8")
     return path

@@ -88,7 +88,7 @@ def paper_loop(model, al, pad_id: int, steps: int) -> np.ndarray:
 
 
 def timing_one(engine: str, tid: str, steps: int) -> None:
-    """Run in a child process: prints one JSON line with seconds and peak RSS above the loaded model."""
+    """``engine`` is 'paper_loop' or 'engine:<internal batch>'."""
     model, tok, data = load([tid])
     _, _, al = data[tid]
     base = rss_mb()
@@ -96,19 +96,21 @@ def timing_one(engine: str, tid: str, steps: int) -> None:
     if engine == "paper_loop":
         paper_loop(model, al, tok.pad_token_id, steps)
     else:
-        integrated_gradients(model, al.input_ids, al.answer_positions, None, tok.pad_token_id, "riemann_paper", steps, 8)
+        batch = int(engine.split(":")[1])
+        integrated_gradients(model, al.input_ids, al.answer_positions, None, tok.pad_token_id, "riemann_paper", steps, batch)
     dt = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"engine": engine, "seconds": dt, "peak_mb_above_model": peak - base, "tokens": len(al.input_ids)}))
 
 
-def timing(tid: str, steps: int) -> str:
+def timing(tid: str, steps: int, batches: list[int]) -> str:
+    """Each engine in its own process, so that peak RSS is its own."""
     rows = []
-    for engine in ("paper_loop", "engine"):
+    for engine in ["paper_loop"] + [f"engine:{b}" for b in batches]:
         out = subprocess.run([sys.executable, __file__, "--timing-one", engine, "--traces", tid, "--timing-j", str(steps)],
                              capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    lines = [f"| engine | J | tokens | wall s | s / point | peak RSS above model (MB) |", "|---|---|---|---|---|---|"]
+    lines = ["| engine (internal batch) | J | tokens | wall s | s / point | peak RSS above model (MB) |", "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['engine']} | {steps} | {r['tokens']} | {r['seconds']:.1f} | {r['seconds'] / steps:.2f} | "
                      f"{r['peak_mb_above_model']:.0f} |")
@@ -193,6 +195,7 @@ def main() -> None:
     p.add_argument("--ref-start", type=int, default=64)
     p.add_argument("--ref-max", type=int, default=256)
     p.add_argument("--timing-j", type=int, default=16)
+    p.add_argument("--timing-batches", default="1,8", help="internal batch sizes of the engine to time")
     p.add_argument("--skip-timing", action="store_true")
     p.add_argument("--skip-sweep", action="store_true")
     p.add_argument("--out", default=str(ROOT / "runs" / "bench_attribution"))
@@ -205,7 +208,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     report = []
     if not a.skip_timing:
-        report += ["## Engine vs paper-style loop", "", timing(tids[0], a.timing_j), ""]
+        report += ["## Engine vs paper-style loop", "", timing(tids[0], a.timing_j, [int(b) for b in a.timing_batches.split(",")]), ""]
         print("\n".join(report), flush=True)
     if not a.skip_sweep:
         model, tok, data = load(tids)

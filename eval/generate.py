@@ -49,10 +49,11 @@ class HFGenerator:
             batch = prompts[lo : lo + self.batch_size]
             enc = self.tok(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
             torch.manual_seed(s.seed + lo)
-            kwargs = dict(do_sample=True, temperature=s.temperature, top_p=s.top_p) if s.temperature > 0 else dict(do_sample=False)
+            # sampling as in the paper: temperature and top-p only (top_k=0 turns off transformers' default of 50)
+            kwargs = (dict(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=0) if s.temperature > 0
+                      else dict(do_sample=False))
             gen = self.model.generate(**enc, max_new_tokens=s.max_new_tokens, num_return_sequences=s.n,
-                                      pad_token_id=self.tok.pad_token_id, eos_token_id=self.tok.eos_token_id,
-                                      top_k=None, **kwargs)
+                                      pad_token_id=self.tok.pad_token_id, eos_token_id=self.tok.eos_token_id, **kwargs)
             new = gen[:, enc["input_ids"].shape[1] :]
             for i in range(len(batch)):
                 rows = []

@@ -174,7 +174,10 @@ def test_report_plots_and_viewer(attributed, tiny_tok, tmp_path):
     for rec, row in zip(recs, rows):
         block = page.split(f"<h3>{rec.id}:", 1)[1].split('<div class="rec">', 1)[0]
         trace_html = block.split('<div class="trace">', 1)[1].rsplit("</div></div>", 1)[0]
-        assert html.unescape(re.sub(r"<[^>]+>", "", trace_html)) == rec.trace  # every character, once, in order
+        text = re.sub(r"<sup[^>]*>[^<]*</sup>", "", trace_html)  # planted-kind badges are not trace text
+        assert html.unescape(re.sub(r"<[^>]+>", "", text)) == rec.trace  # every character, once, in order
+        planted = [m["kind"] for m in rec.meta["segments"] if m["kind"] != "genuine"]
+        assert trace_html.count('<sup class="kind">') == len(planted)
         assert trace_html.count('data-seg="') == len(row["selected"])
         assert trace_html.count('class="seg sel"') == sum(row["selected"])
         assert trace_html.count('title="IG ') > 0.8 * sum(1 for s in attrs[rec.id]["token_segment"] if s >= 0)
