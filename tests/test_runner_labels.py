@@ -181,3 +181,17 @@ def test_report_plots_and_viewer(attributed, tiny_tok, tmp_path):
         assert trace_html.count('data-seg="') == len(row["selected"])
         assert trace_html.count('class="seg sel"') == sum(row["selected"])
         assert trace_html.count('title="IG ') > 0.8 * sum(1 for s in attrs[rec.id]["token_segment"] if s >= 0)
+
+
+def test_feature_baselines_through_runner(tmp_path, tiny_tok, tiny_qwen2):
+    recs = synthetic.generate(3, seed=13)
+    path = synthetic.write_jsonl(recs, tmp_path / "t.jsonl")
+    args = SelectiveArguments(traces=str(path), ig_steps=2, attribution_dir=str(tmp_path / "a"),
+                              ig_features=["segment_entropy", "confidence_gain", "segment_perplexity"])
+    runner.run(args, ModelConfig(model_name_or_path="tiny-qwen2"), model=tiny_qwen2, tokenizer=tiny_tok)
+    attrs = runner.load_attributions(tmp_path / "a")
+    for selector in ("segment_entropy", "confidence_gain", "segment_perplexity"):
+        rows, summary = build_labels(tiny_tok, recs, attrs, selector, {"token_ratio": 0.5})
+        assert summary.records_out == 3 and summary.to_dict()["pct_tokens_selected"] >= 50
+        for rec, row in zip(recs, rows):
+            assert len(attrs[rec.id]["features"][selector]) == len(row["selected"]) and row["selected"][0]

@@ -1,0 +1,48 @@
+"""Model features of the non-IG baselines, checked against direct computations on a tiny model."""
+import numpy as np
+import pytest
+import torch
+
+from attribution.features import segment_features
+from attribution.segments import split_segments
+from data import synthetic
+from data.prompts import ANSWER_SUFFIX, render_prompt
+
+
+def _logprob_of(model, tok, text, start):
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = torch.tensor([enc["input_ids"]])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+    lp = logp.gather(-1, ids[0, 1:].unsqueeze(-1)).squeeze(-1).numpy()
+    ends = np.asarray(enc["offset_mapping"])[1:, 1]
+    return lp[ends > start], logp
+
+
+def test_features_match_direct_computation(tiny_tok, tiny_qwen2):
+    rec = synthetic.generate(3, seed=4)[2]
+    texts = [s.text for s in split_segments(rec.trace)]
+    prompt = render_prompt(tiny_tok, rec.question)
+    f = segment_features(tiny_qwen2, tiny_tok, prompt, texts, rec.answer)
+    assert all(v.shape == (len(texts),) and np.isfinite(v).all() for v in f.values())
+    # confidence gain telescopes: its sum is log p(answer | whole trace) - log p(answer | no trace)
+    tail = ANSWER_SUFFIX.format(answer=rec.answer)
+    ends = []
+    for head in (prompt, prompt + rec.trace):
+        lp, _ = _logprob_of(tiny_qwen2, tiny_tok, head + tail, len(head) + tail.rfind(rec.answer))
+        ends.append(lp.sum())
+    assert f["confidence_gain"].sum() == pytest.approx(ends[1] - ends[0], abs=1e-4)
+    # perplexity gain of segment 1: ppl(trace without it) - ppl(trace)
+    ppl = [np.exp(-_logprob_of(tiny_qwen2, tiny_tok, prompt + t, len(prompt))[0].mean())
+           for t in ("".join(texts[:1] + texts[2:]), rec.trace)]
+    assert f["segment_perplexity"][1] == pytest.approx(ppl[0] - ppl[1], rel=1e-4)
+
+
+def test_entropy_feature_and_errors(tiny_tok, tiny_qwen2):
+    prompt = render_prompt(tiny_tok, "q")
+    f = segment_features(tiny_qwen2, tiny_tok, prompt, ["only one segment."], "1", names=["segment_entropy", "segment_perplexity"])
+    assert f["segment_perplexity"].tolist() == [0.0] and 0 < f["segment_entropy"][0] <= np.log(len(tiny_tok)) + 1e-4
+    with pytest.raises(ValueError, match="unknown features"):
+        segment_features(tiny_qwen2, tiny_tok, prompt, ["x"], "1", names=["magic"])
+    with pytest.raises(ValueError, match="needs the gold answer"):
+        segment_features(tiny_qwen2, tiny_tok, prompt, ["x"], None, names=["confidence_gain"])
