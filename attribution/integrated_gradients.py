@@ -90,7 +90,7 @@ def integrated_gradients(
     baseline_id: int | None = None,
     rule: str = "gauss_legendre",
     steps: int = 16,
-    internal_batch: int = 8,
+    internal_batch: int = 1,
     gradient_checkpointing: bool = False,
 ) -> IGResult:
     """Per-token IG of F = sum_a log p(answer_a | prefix) w.r.t. the input embeddings.

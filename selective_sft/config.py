@@ -32,7 +32,7 @@ class SelectiveArguments:
     ig_steps: int = 16
     ig_baseline: str = field(default="pad", metadata={"help": "'pad' (pad-token embedding, paper) or 'zeros'"})
     ig_baseline_scope: str = field(default="trace", metadata={"help": "'trace' (trace tokens move) or 'all' (paper: every token)"})
-    ig_internal_batch: int = 8
+    ig_internal_batch: int = field(default=1, metadata={"help": "alpha points per forward; 1 is fastest on CPU (benchmark)"})
     ig_gradient_checkpointing: bool = False
     ig_answer_suffix: str = ANSWER_SUFFIX
     ig_max_length: int = 16384
