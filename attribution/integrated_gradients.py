@@ -88,8 +88,8 @@ def integrated_gradients(
     answer_positions,
     baseline_mask=None,
     baseline_id: int | None = None,
-    rule: str = "gauss_legendre",
-    steps: int = 16,
+    rule: str = "riemann_paper",
+    steps: int = 50,
     internal_batch: int = 1,
     gradient_checkpointing: bool = False,
 ) -> IGResult:

