@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import torch
@@ -49,7 +48,6 @@ def load_model(model_args, use_unsloth: bool = False, max_seq_length: int | None
     """The recipe's model. Unsloth: full fine-tuning unless ``use_peft`` (then its LoRA path)."""
     path = resolve_model_path(model_args.model_name_or_path)
     if use_unsloth:
-        os.environ.setdefault("UNSLOTH_RETURN_LOGITS", "1")
         from unsloth import FastLanguageModel  # import before trl so Unsloth can patch it
 
         model, _ = FastLanguageModel.from_pretrained(
