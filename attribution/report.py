@@ -58,11 +58,16 @@ def plot_strength_consistency(rows: list[dict], path: Path, beta: float) -> Path
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.6))
-    ns = np.concatenate([r["norm_strength"] for r in rows]) if rows else np.zeros(0)
-    cons = np.concatenate([r["consistency"] for r in rows]) if rows else np.zeros(0)
-    sel = np.concatenate([r["selected"] for r in rows]).astype(bool) if rows else np.zeros(0, bool)
+    def flat(key, dtype=float):
+        return np.concatenate([np.asarray(r[key], dtype=dtype) for r in rows]) if rows else np.zeros(0, dtype)
+
+    ns, cons, sel = flat("norm_strength"), flat("consistency"), flat("selected", bool)
+    # first and last segments are kept whatever their scores: plotted apart so the thresholds read clearly
+    end = np.concatenate([np.isin(np.arange(len(r["selected"])), [0, len(r["selected"]) - 1]) for r in rows]) if rows \
+        else np.zeros(0, bool)
     ax.scatter(ns[~sel], cons[~sel], s=9, color="grey", alpha=0.5, label="masked")
-    ax.scatter(ns[sel], cons[sel], s=9, color="tab:green", alpha=0.7, label="selected")
+    ax.scatter(ns[sel & ~end], cons[sel & ~end], s=9, color="tab:green", alpha=0.7, label="selected")
+    ax.scatter(ns[end], cons[end], s=14, marker="x", color="tab:green", alpha=0.6, label="kept: first / last")
     ax.axhline(beta, ls="--", color="tab:red", lw=1, label=f"beta = {beta}")
     ax.set(xlabel="normalised strength (eq. 4)", ylabel="consistency (eq. 3)", ylim=(-0.02, 1.02))
     ax.legend(fontsize=8)
