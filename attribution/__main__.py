@@ -15,6 +15,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(__doc__)
     command, rest = argv[0], argv[1:]
     from selective_sft.config import parse_recipe
+    from selective_sft.dist import close_process_group
 
     args, sft, model_args = parse_recipe(rest)
     if command == "ig":
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> None:
         from .runner import load_trace_records
 
         print(f"report: {write_report(args.labels_dir, args.attribution_dir, load_trace_records(args))}")
+    close_process_group()
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from pathlib import Path
 from attribution.labels import tokenizer_signature
 
 from .config import parse_recipe
+from .dist import close_process_group
 from .modeling import load_model, load_tokenizer, wants_unsloth
 
 TRAIN_COLUMNS = ["input_ids", "attention_mask", "labels"]
@@ -83,6 +84,7 @@ def train(args, sft, model_args, callbacks=None):
 def main(argv: list[str] | None = None) -> None:
     args, sft, model_args = parse_recipe(argv)
     train(args, sft, model_args)
+    close_process_group()
 
 
 if __name__ == "__main__":
