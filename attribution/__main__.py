@@ -23,19 +23,16 @@ def main(argv: list[str] | None = None) -> None:
 
         run(args, model_args)
     elif command == "labels":
-        from .runner import load_attributions, load_trace_records
-        from .labels import build_labels, save_labels
-        from .selection import NEEDS_FEATURE, NEEDS_IG
         from selective_sft.modeling import load_tokenizer
+
+        from .labels import write_recipe_labels
+        from .runner import load_attributions, load_trace_records
+        from .selection import NEEDS_FEATURE, NEEDS_IG
 
         tok = load_tokenizer(model_args.model_name_or_path, args.chat_template)
         needs = args.selector in NEEDS_IG or args.selector in NEEDS_FEATURE
         attributions = load_attributions(args.attribution_dir) if needs else None
-        rows, summary = build_labels(tok, load_trace_records(args), attributions, args.selector, args.selector_params(),
-                                     args.label_mode, sft.max_length, args.keyword_spec, args.system_prompt)
-        out = save_labels(rows, summary, args.labels_dir, parquet=True)
-        print(summary.table())
-        print(f"labels dataset: {out / 'dataset'}")
+        write_recipe_labels(args, tok, load_trace_records(args), attributions, sft.max_length)
     else:
         from .report import write_report
         from .runner import load_trace_records

@@ -31,11 +31,11 @@ class AlignedText:
 
     def segment_token_spans(self) -> list[tuple[int, int]]:
         """[start, end) token span of each segment (empty spans for segments with no token)."""
-        spans = []
-        for k in range(self.n_segments):
-            idx = np.flatnonzero(self.token_segment == k)
-            spans.append((int(idx[0]), int(idx[-1]) + 1) if len(idx) else (0, 0))
-        return spans
+        pos = self.trace_positions
+        seg = self.token_segment[pos]  # non-decreasing: segments follow each other
+        lo = np.searchsorted(seg, np.arange(self.n_segments), side="left")
+        hi = np.searchsorted(seg, np.arange(self.n_segments), side="right")
+        return [(int(pos[a]), int(pos[b - 1]) + 1) if b > a else (0, 0) for a, b in zip(lo, hi)]
 
 
 def align(tokenizer, pt: PromptedText, segments: list[Segment]) -> AlignedText:

@@ -170,3 +170,15 @@ def save_labels(rows: list[dict], summary: LabelSummary, out_dir: str | Path, pa
         ds.to_parquet(str(out / "labels.parquet"))
     (out / "summary.json").write_text(json.dumps(summary.to_dict(), indent=1))
     return out
+
+
+def write_recipe_labels(args, tokenizer, records: list[Record], attributions: dict[str, dict] | None,
+                        max_length: int | None, selector: str | None = None, out_dir: str | Path | None = None) -> LabelSummary:
+    """Labels as a recipe (``SelectiveArguments``) asks for them, saved and summarised; ``selector`` and
+    ``out_dir`` override the recipe's (the quickstart builds its full-CoT baseline this way)."""
+    rows, summary = build_labels(tokenizer, records, attributions, selector or args.selector, args.selector_params(),
+                                 args.label_mode, max_length, args.keyword_spec, args.system_prompt)
+    out = save_labels(rows, summary, out_dir or args.labels_dir, parquet=True)
+    print(summary.table())
+    print(f"labels dataset: {out / 'dataset'}")
+    return summary

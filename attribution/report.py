@@ -92,6 +92,9 @@ def render_trace(trace: str, row: dict, attribution: dict | None, kinds: list[st
         starts = np.asarray(attribution["token_start"])[inside] - attribution["trace_start"]
         igs = np.asarray(attribution["token_ig"])[inside]
     vmax = float(np.abs(igs).max()) if len(igs) else 0.0
+    ig_at = {}  # first character -> IG of the token starting there (the first one, if two share it)
+    for start, v in zip(starts.tolist(), igs.tolist()):
+        ig_at.setdefault(start, v)
     parts = []
     for k, (a, b) in enumerate(row["segment_char_spans"]):
         cls = "seg sel" if row["selected"][k] else "seg"
@@ -104,9 +107,8 @@ def render_trace(trace: str, row: dict, attribution: dict | None, kinds: list[st
         pieces = []
         for lo, hi in zip(cuts[:-1], cuts[1:]):
             text = html.escape(trace[lo:hi])
-            hit = np.flatnonzero(starts == lo)
-            if len(hit):
-                v = float(igs[hit[0]])
+            if lo in ig_at:
+                v = ig_at[lo]
                 pieces.append(f'<span class="tok" style="background:{_heat(v, vmax)}" title="IG {v:.4g}">{text}</span>')
             else:
                 pieces.append(text)

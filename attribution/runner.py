@@ -78,19 +78,19 @@ def _check_config(out: Path, args, model_name: str) -> None:
         path.write_text(json.dumps(config, indent=1))
 
 
-def run(args, model_args, model=None, tokenizer=None, out_dir: str | None = None) -> dict:
-    """Attribute every record of the recipe's traces; returns the summary (main process)."""
+def run(args, model_args, model=None, tokenizer=None, records: list[Record] | None = None) -> dict:
+    """Attribute every record of the recipe's traces (or ``records``, already loaded); returns the
+    summary (main process)."""
+    import torch
     from accelerate import PartialState
     from tqdm.auto import tqdm
 
     from selective_sft.modeling import load_model, load_tokenizer
 
-    import torch
-
     state = PartialState(cpu=not torch.cuda.is_available())  # cpu: several CPU processes join over gloo
-    out = Path(out_dir or args.attribution_dir)
+    out = Path(args.attribution_dir)
     out.mkdir(parents=True, exist_ok=True)
-    records = load_trace_records(args)
+    records = load_trace_records(args) if records is None else records
     if state.is_main_process:
         _check_config(out, args, model_args.model_name_or_path)
     state.wait_for_everyone()

@@ -71,16 +71,21 @@ def parse_chat_response(response: str, where: str = "record") -> dict[str, Any]:
             "truncated": truncated}
 
 
+def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Rows of a jsonl file; a bad line raises an error naming the file and line."""
+    with Path(path).open(encoding="utf-8") as f:  # splits on "\n" only: U+2028 may sit inside strings
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise RecordError(f"{path}:{n}: not valid JSON ({err.msg}); fix or remove that line") from err
+
+
 def _read_rows(source: str, split: str) -> Iterator[dict[str, Any]]:
     path = Path(source)
     if path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        yield json.loads(line)
-                    except json.JSONDecodeError as err:
-                        raise RecordError(f"{source}:{n}: not valid JSON ({err.msg}); fix or remove that line") from err
+        yield from read_jsonl(path)
     elif path.suffix == ".json":
         rows = json.loads(path.read_text(encoding="utf-8"))
         if isinstance(rows, dict):  # {"data": [...]} or {"train": [...]}

@@ -34,6 +34,7 @@ def self_generate(questions: list[Record], generate, grader, out_dir: str | Path
                   temperature: float = 0.6, max_new_tokens: int = 32768, batch_size: int = 8, seed: int = 0) -> dict:
     """``generate(prompts, Sampling) -> [[(text, n_tokens)] * n]``; ``grader.grade(tasks)`` as in eval.grading."""
     from eval.generate import Sampling
+    from eval.run import answer_and_grade
 
     out = Path(out_dir)
     store = JsonlStore(out / "candidates.jsonl")
@@ -41,10 +42,8 @@ def self_generate(questions: list[Record], generate, grader, out_dir: str | Path
     s = Sampling(n, temperature, 1.0, max_new_tokens, seed)
     for lo in range(0, len(todo), batch_size):
         chunk = todo[lo : lo + batch_size]
-        outputs = generate([render_prompt(tokenizer, q.question) for q in chunk], s)
-        grades = iter(grader.grade([(text, q.answer, "math") for q, outs in zip(chunk, outputs) for text, _ in outs]))
-        for q, outs in zip(chunk, outputs):
-            cands = [{"index": i, "text": t, "n_tokens": k, **next(grades)} for i, (t, k) in enumerate(outs)]
+        prompts = [render_prompt(tokenizer, q.question) for q in chunk]
+        for q, cands in zip(chunk, answer_and_grade(generate, grader, prompts, [(q.answer, "math") for q in chunk], s)):
             best, worst = shortest(cands, True), shortest(cands, False)
             store.append({"id": q.id, "question": q.question, "answer": q.answer, "n": len(cands),
                           "n_correct": sum(c["correct"] for c in cands), "shortest_correct": best,

@@ -5,12 +5,12 @@ option is always listed first ("A"), which a letter-biased model would exploit.
 """
 from __future__ import annotations
 
-import json
 import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from data.loaders import read_jsonl
 from data.prompts import INSTRUCTION
 
 CHOICE_INSTRUCTION = "\nPlease reason step by step, and put the letter of your choice (A, B, C or D) within \\boxed{}."
@@ -79,8 +79,7 @@ def load_benchmark(name: str, path: str | Path | None = None, limit: int | None 
         raise ValueError(f"unknown benchmark {name!r}; use one of {sorted(BENCHMARKS)}")
     spec = BENCHMARKS[name]
     if path is not None:
-        text = Path(path).read_text(encoding="utf-8")
-        rows = [json.loads(line) for line in text.split("\n") if line.strip()]  # not splitlines(): U+2028 is in strings
+        rows = list(read_jsonl(path))
     else:
         import datasets
 

@@ -34,6 +34,15 @@ def plan(items: list[Item], modes: list[str], samples: int | None) -> list[tuple
     return out
 
 
+def answer_and_grade(generate, grader, prompts: list[str], golds: list[tuple[str, str]], s: Sampling) -> list[list[dict]]:
+    """Generate ``s.n`` answers per prompt and grade them against (gold, kind): per prompt, a list of
+    {index, text, n_tokens, correct, extracted, how}."""
+    outputs = generate(prompts, s)
+    grades = iter(grader.grade([(text, gold, kind) for (gold, kind), outs in zip(golds, outputs) for text, _ in outs]))
+    return [[{"index": i, "text": text, "n_tokens": k, **next(grades)} for i, (text, k) in enumerate(outs)]
+            for outs in outputs]
+
+
 def evaluate(model_path: str, name: str, benchmarks: dict[str, str | None], out_dir: str | Path,
              modes: tuple[str, ...] = ("greedy",), samples: int | None = None, max_new_tokens: int = 32768,
              backend: str = "auto", batch_size: int = 8, limit: int | None = None, chat_template: str | None = None,
@@ -50,28 +59,25 @@ def evaluate(model_path: str, name: str, benchmarks: dict[str, str | None], out_
         path = resolve_model_path(model_path)
         tok = load_tokenizer(path, chat_template)
         gen = make_generator(backend, path, tok, batch_size)
+        groups: dict[tuple[str, int], list[Item]] = {}
+        for it, mode, n in todo:
+            groups.setdefault((mode, n), []).append(it)
         with Grader(grade_timeout) as grader:
-            for mode in modes:
-                for n in sorted({n for _, m, n in todo if m == mode}):
-                    group = [it for it, m, k in todo if m == mode and k == n]
-                    s = Sampling(n, 0.0 if mode == "greedy" else PAPER_TEMPERATURE, 1.0, max_new_tokens, seed)
-                    for lo in range(0, len(group), batch_size):
-                        chunk = group[lo : lo + batch_size]
-                        prompts = [render_prompt(tok, it.question, instruction=it.instruction) for it in chunk]
-                        outputs = gen(prompts, s)
-                        tasks = [(text, it.answer, it.kind) for it, outs in zip(chunk, outputs) for text, _ in outs]
-                        grades = iter(grader.grade(tasks))
-                        for it, outs in zip(chunk, outputs):
-                            rows = []
-                            for i, (text, n_tok) in enumerate(outs):
-                                g = next(grades)
-                                rows.append({"key": f"{it.benchmark}|{it.id}|{mode}|{i}", "benchmark": it.benchmark,
-                                             "id": it.id, "mode": mode, "sample": i, "response": text, "n_tokens": n_tok,
-                                             "gold": it.answer, **g})
-                            # a question's samples are stored together, index 0 last: it marks the question done
-                            for row in rows[1:] + rows[:1]:
-                                if row["key"] not in store.done:
-                                    store.append(row)
+            for (mode, n), group in groups.items():
+                s = Sampling(n, 0.0 if mode == "greedy" else PAPER_TEMPERATURE, 1.0, max_new_tokens, seed)
+                for lo in range(0, len(group), batch_size):
+                    chunk = group[lo : lo + batch_size]
+                    prompts = [render_prompt(tok, it.question, instruction=it.instruction) for it in chunk]
+                    answers = answer_and_grade(gen, grader, prompts, [(it.answer, it.kind) for it in chunk], s)
+                    for it, samples in zip(chunk, answers):
+                        rows = [{"key": f"{it.benchmark}|{it.id}|{mode}|{i}", "benchmark": it.benchmark, "id": it.id,
+                                 "mode": mode, "sample": i, "response": a["text"], "n_tokens": a["n_tokens"],
+                                 "gold": it.answer, "correct": a["correct"], "extracted": a["extracted"],
+                                 "how": a["how"]} for i, a in enumerate(samples)]
+                        # a question's samples are stored together, index 0 last: it marks the question done
+                        for row in rows[1:] + rows[:1]:
+                            if row["key"] not in store.done:
+                                store.append(row)
     wanted = {(it.benchmark, it.id) for it in items}
     rows = [r for r in store.rows() if (r["benchmark"], r["id"]) in wanted and r["mode"] in modes]
     summary = summarize(rows)

@@ -22,6 +22,19 @@ CHATML_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 R1_SPECIALS = ["<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>", "<｜begin▁of▁sentence｜>"]
 
 
+def _save_once(out: Path, *objects) -> Path:
+    """``save_pretrained`` every object into a private temp folder, then rename it to ``out`` at once:
+    a killed build leaves no half-written folder, and of concurrent builders the first one wins."""
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
+    for obj in objects:
+        obj.save_pretrained(tmp)
+    try:
+        tmp.rename(out)
+    except OSError:  # another process published it first: keep theirs
+        shutil.rmtree(tmp)
+    return out
+
+
 def _package_dir(name: str, pip_hint: str) -> Path:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
@@ -54,11 +67,7 @@ def smollm2(cache: Path | None = None) -> Path:
     tok.pad_token = "<|im_end|>"
     model.config.eos_token_id = model.generation_config.eos_token_id = tok.eos_token_id
     model.config.pad_token_id = model.generation_config.pad_token_id = tok.pad_token_id
-    tmp = out.with_name(out.name + ".tmp")
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    tmp.rename(out)  # atomic: a killed conversion leaves no half-written checkpoint
-    return out
+    return _save_once(out, model, tok)
 
 
 def qwen25_tokenizer(extra_specials: list[str] | None = None):
@@ -103,13 +112,7 @@ def tiny_tokenizer(vocab_size: int = 1024, cache: Path | None = None):
     backend.train_from_iterator(_tiny_corpus(), trainer)
     tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     tok.chat_template = CHATML_TEMPLATE
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    tok.save_pretrained(tmp)
-    try:
-        tmp.rename(out)  # atomic; a concurrent builder may have won the race, then keep theirs
-    except OSError:
-        shutil.rmtree(tmp)
-    return AutoTokenizer.from_pretrained(out)
+    return AutoTokenizer.from_pretrained(_save_once(out, tok))
 
 
 def tiny_model(tokenizer, arch: str = "qwen2", seed: int = 0, hidden: int = 64, layers: int = 2):
@@ -131,13 +134,7 @@ def tiny_model(tokenizer, arch: str = "qwen2", seed: int = 0, hidden: int = 64, 
 def tiny_checkpoint(arch: str = "qwen2", cache: Path | None = None) -> Path:
     """A saved tiny random model + tokenizer (``tiny-qwen2`` / ``tiny-llama`` in recipes)."""
     out = (cache or CACHE) / f"tiny-{arch}"
-    if not (out / "config.json").exists():
-        tok = tiny_tokenizer(cache=cache)
-        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-        tiny_model(tok, arch).save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        try:
-            tmp.rename(out)
-        except OSError:
-            shutil.rmtree(tmp)
-    return out
+    if (out / "config.json").exists():
+        return out
+    tok = tiny_tokenizer(cache=cache)
+    return _save_once(out, tiny_model(tok, arch), tok)

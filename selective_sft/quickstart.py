@@ -67,7 +67,9 @@ def planted_table(records, selectors: dict[str, dict]) -> str:
 
 def run(recipe: str, run_dir: str | None, overrides: list[str], n_train: int, n_eval: int) -> dict:
     from attribution import runner
-    from attribution.labels import build_labels, save_labels
+    from attribution.labels import trace_view, write_recipe_labels
+    from attribution.segments import split_segments
+    from attribution.selection import select
     from attribution.report import write_report
     from data import synthetic
     from data.records import write_jsonl
@@ -90,20 +92,14 @@ def run(recipe: str, run_dir: str | None, overrides: list[str], n_train: int, n_
         stage("data", lambda: {"train": str(write_jsonl(synthetic.generate(n_train, sft.seed, "train"), args.traces)),
                                "eval": str(write_jsonl(synthetic.generate(n_eval, sft.seed, "eval"), benchmarks["synthetic"]))})
     args.attribution_dir = str(run_dir / "attribution")
-    stage("attribution", lambda: runner.run(args, model_args))
     records = runner.load_trace_records(args)
+    stage("attribution", lambda: runner.run(args, model_args, records=records))
     tok = load_tokenizer(model_args.model_name_or_path, args.chat_template)
     attributions = runner.load_attributions(args.attribution_dir)
     runs = {"selective": (args.selector, run_dir / "labels" / "selective"), "full_cot": ("all", run_dir / "labels" / "full_cot")}
 
-    def make_labels(selector, out):
-        rows, summary = build_labels(tok, records, attributions, selector, args.selector_params(), args.label_mode,
-                                     sft.max_length, args.keyword_spec, args.system_prompt)
-        save_labels(rows, summary, out)
-        print(summary.table())
-        return summary.to_dict()
-
-    label_summaries = {name: stage(f"labels_{name}", lambda s=sel, o=out: make_labels(s, o)) for name, (sel, out) in runs.items()}
+    label_summaries = {name: stage(f"labels_{name}", lambda s=sel, o=out: write_recipe_labels(
+        args, tok, records, attributions, sft.max_length, s, o).to_dict()) for name, (sel, out) in runs.items()}
     for name, (_, labels_dir) in runs.items():
         # both runs get the same schedule; a two-stage recipe trains full CoT first in both
         run_args = dataclasses.replace(args, labels_dir=str(labels_dir),
@@ -127,13 +123,12 @@ def run(recipe: str, run_dir: str | None, overrides: list[str], n_train: int, n_
         lines.append(f"| {name} | {s['segments_per_trace']:.1f} | {s['pct_segments_selected']:.1f}% | "
                      f"{s['pct_tokens_selected']:.1f}% | {s['records_out']} |")
     if synthetic_data:
-        from attribution.labels import label_record
-
-        by_sel = {}
-        for sel in (args.selector, "random_segments", "high_strength_segments"):
-            by_sel[sel] = {r.id: label_record(tok, r, attributions[r.id], sel, args.selector_params(), "mask",
-                                              args.keyword_spec, args.system_prompt)
-                           for r in records if attributions.get(r.id, {}).get("status") == "ok"}
+        # only the segment choices matter here: select on the stored attributions, no tokenization
+        views = {r.id: trace_view(r, split_segments(r.trace, args.keyword_spec), attributions[r.id])
+                 for r in records if attributions.get(r.id, {}).get("status") == "ok"}
+        by_sel = {sel: {rid: {"selected": select(sel, v, **args.selector_params()).segment_selected.tolist()}
+                        for rid, v in views.items()}
+                  for sel in (args.selector, "random_segments", "high_strength_segments")}
         lines += ["", "## Planted redundancy (synthetic data: ground truth known)", "", planted_table(records, by_sel)]
     gap = json.loads((Path(args.attribution_dir) / "summary.json").read_text())
     lines += ["", f"IG: {gap['attributed']} traces, mean completeness gap {gap['mean_completeness_gap']:.3f}",
