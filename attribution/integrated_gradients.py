@@ -4,9 +4,9 @@ IG_t = sum_h (x_th - x'_th) * sum_j w_j dF/dx_th (x' + a_j (x - x'))          (p
 
 Lean by construction: parameters get no gradient, only the interpolated embeddings do; logits are
 computed only at the positions that predict answer tokens (never a length x vocab matrix); the
-forward stops at the last answer token; alpha points run in batches; gradients accumulate in fp32
-whatever the model's dtype. Every result carries its completeness gap, so users see whether the
-number of points was enough.
+forward stops at the last answer token; alpha points run in batches; each point is kept only as
+its (T,) products sum_h (x - x')_th dF/dx_th, in fp32 whatever the model's dtype. Every result
+carries its completeness gap, so users see whether the number of points was enough.
 """
 from __future__ import annotations
 
@@ -75,6 +75,20 @@ def _frozen(model: torch.nn.Module, checkpointing: bool):
         model.train(was_training)
 
 
+@dataclass
+class PathSamples:
+    """F and the per-token products p_t(a) = sum_h (x - x')_th dF/dx_th at points a of the straight path.
+
+    sum_t p_t(a) = dF/da, so any quadrature of the rows is an IG estimate (IG_t = integral of p_t).
+    """
+
+    alphas: np.ndarray  # (n,)
+    f: np.ndarray  # (n,) F(x' + a (x - x'))
+    products: np.ndarray  # (n, T) float32, zero where the baseline equals the input
+    f_input: float  # F(x)
+    f_baseline: float  # F(x')
+
+
 def _answer_logprob(model, embeds: torch.Tensor, answer_ids: torch.Tensor, predict_at: torch.Tensor) -> torch.Tensor:
     """F for each row of ``embeds`` (B, T, H): sum of log p(answer token) at the predicting positions."""
     logits = model(inputs_embeds=embeds, logits_to_keep=predict_at, use_cache=False).logits  # (B, A, V)
@@ -82,18 +96,17 @@ def _answer_logprob(model, embeds: torch.Tensor, answer_ids: torch.Tensor, predi
     return logp.gather(-1, answer_ids.expand(logp.shape[0], -1).unsqueeze(-1)).squeeze(-1).sum(-1)
 
 
-def integrated_gradients(
+def path_samples(
     model,
     input_ids,
     answer_positions,
+    alphas,
     baseline_mask=None,
     baseline_id: int | None = None,
-    rule: str = "riemann_paper",
-    steps: int = 50,
     internal_batch: int = 1,
     gradient_checkpointing: bool = False,
-) -> IGResult:
-    """Per-token IG of F = sum_a log p(answer_a | prefix) w.r.t. the input embeddings.
+) -> PathSamples:
+    """One forward + backward per alpha (``internal_batch`` alphas per pass), plus F at both ends.
 
     ``baseline_mask`` (T,) marks the positions that move to the baseline (the paper: all; our
     default upstream: the trace only); ``baseline_id`` is the token whose embedding is the baseline
@@ -108,36 +121,49 @@ def integrated_gradients(
     mask = torch.ones(T, dtype=torch.bool) if baseline_mask is None else torch.as_tensor(np.asarray(baseline_mask)[:T])
     device = next(model.parameters()).device
     emb_layer = model.get_input_embeddings()
-    alphas, weights = integration_points(rule, steps)
     answer_ids = ids[answer_positions].to(device).unsqueeze(0)
     predict_at = torch.as_tensor(answer_positions - 1, device=device)
+    alphas = np.asarray(alphas, dtype=np.float64)
+    f = np.zeros(len(alphas))
+    products = np.zeros((len(alphas), len(input_ids)), dtype=np.float32)
 
     with _frozen(model, gradient_checkpointing):
         with torch.no_grad():
-            x = emb_layer(ids.to(device).unsqueeze(0))[0]  # (T, H), model dtype
-            base_row = torch.zeros_like(x[0]) if baseline_id is None else emb_layer(torch.tensor([baseline_id], device=device))[0]
-            m = mask.to(device).unsqueeze(-1)
-            x_base = torch.where(m, base_row.expand_as(x), x)
+            # detached: with checkpointing on, HF may hook the embeddings to require grad
+            x = emb_layer(ids.to(device).unsqueeze(0))[0].detach()  # (T, H), model dtype
+            base = torch.zeros_like(x[0]) if baseline_id is None else emb_layer(torch.tensor([baseline_id], device=device))[0]
+            x_base = torch.where(mask.to(device).unsqueeze(-1), base.detach().expand_as(x), x)
             diff = (x - x_base).float()
-        grad_sum = torch.zeros_like(diff)  # fp32 accumulator of sum_j w_j grad F(x_j)
-        f_at = {}
-        for lo in range(0, steps, internal_batch):
+        for lo in range(0, len(alphas), internal_batch):
             a = torch.as_tensor(alphas[lo : lo + internal_batch], device=device, dtype=torch.float32)
-            w = torch.as_tensor(weights[lo : lo + internal_batch], device=device, dtype=torch.float32)
             path = (x_base.float().unsqueeze(0) + a.view(-1, 1, 1) * diff.unsqueeze(0)).to(x.dtype)
             path.requires_grad_(True)
-            f = _answer_logprob(model, path, answer_ids, predict_at)  # (b,)
-            (grad,) = torch.autograd.grad((f * w).sum(), path)
-            grad_sum += grad.float().sum(0)
-            for alpha, value in zip(alphas[lo : lo + internal_batch], f.detach().float().tolist()):
-                f_at[float(alpha)] = value
-        missing = [a for a in (0.0, 1.0) if a not in f_at]  # rules without endpoints need them for the gap
-        if missing:
+            f_batch = _answer_logprob(model, path, answer_ids, predict_at)  # (b,)
+            (grad,) = torch.autograd.grad(f_batch.sum(), path)  # rows are independent: row j is dF(a_j)/dx
+            products[lo : lo + len(a), :T] = (grad.float() * diff).sum(-1).cpu().numpy()
+            f[lo : lo + len(a)] = f_batch.detach().float().cpu().numpy()
+        if alphas.size and alphas[0] == 0.0 and alphas[-1] == 1.0:
+            f_base, f_input = float(f[0]), float(f[-1])
+        else:  # F at both ends, for the completeness gap
             with torch.no_grad():
-                ends = torch.stack([x_base if a == 0.0 else x for a in missing])
-                for a, value in zip(missing, _answer_logprob(model, ends, answer_ids, predict_at).float().tolist()):
-                    f_at[a] = value
-    token_ig = (diff * grad_sum).sum(-1).cpu().numpy().astype(np.float32)
-    full = np.zeros(len(input_ids), dtype=np.float32)
-    full[:T] = token_ig
-    return IGResult(full, f_at[1.0], f_at[0.0], rule, steps)
+                f_base, f_input = _answer_logprob(model, torch.stack([x_base, x]), answer_ids, predict_at).float().tolist()
+    return PathSamples(alphas, f, products, f_input, f_base)
+
+
+def integrated_gradients(
+    model,
+    input_ids,
+    answer_positions,
+    baseline_mask=None,
+    baseline_id: int | None = None,
+    rule: str = "riemann_paper",
+    steps: int = 50,
+    internal_batch: int = 1,
+    gradient_checkpointing: bool = False,
+) -> IGResult:
+    """Per-token IG of F = sum_a log p(answer_a | prefix) w.r.t. the input embeddings (see path_samples)."""
+    alphas, weights = integration_points(rule, steps)
+    s = path_samples(model, input_ids, answer_positions, alphas, baseline_mask, baseline_id, internal_batch,
+                     gradient_checkpointing)
+    token_ig = (weights.astype(np.float64) @ s.products).astype(np.float32)
+    return IGResult(token_ig, s.f_input, s.f_baseline, rule, steps)

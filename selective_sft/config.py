@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from attribution.integrated_gradients import RULES
 from data.prompts import ANSWER_SUFFIX
 
 
@@ -29,8 +30,8 @@ class SelectiveArguments:
     keywords: str = field(default="paper", metadata={"help": "'paper', 'fine', or a comma-separated list"})
     # --- attribution (integrated gradients) ---
     # defaults from benchmarks/bench_attribution.py (README): the trace-only path, the paper's rule and J
-    ig_rule: str = field(default="riemann_paper", metadata={"help": "riemann_paper | riemann_midpoint | riemann_trapezoid | gauss_legendre"})
-    ig_steps: int = 50
+    ig_rule: str = field(default="riemann_paper", metadata={"help": " | ".join(RULES)})
+    ig_steps: int = field(default=50, metadata={"help": "J, the number of points on the path (paper: 50)"})
     ig_baseline: str = field(default="pad", metadata={"help": "'pad' (pad-token embedding, paper) or 'zeros'"})
     ig_baseline_scope: str = field(default="trace", metadata={"help": "'trace' (trace tokens move) or 'all' (paper: every token)"})
     ig_internal_batch: int = field(default=1, metadata={"help": "alpha points per forward; 1 is fastest on CPU (benchmark)"})
@@ -69,6 +70,7 @@ class SelectiveArguments:
         if isinstance(self.traces_fields, str):
             self.traces_fields = json.loads(self.traces_fields)
         checks = {"on_bad": ("raise", "skip"), "ig_baseline": ("pad", "zeros"), "ig_baseline_scope": ("trace", "all"),
+                  "ig_rule": RULES,
                   "label_mode": ("mask", "prune"), "use_unsloth": ("auto", "true", "false")}
         for key, allowed in checks.items():
             if str(getattr(self, key)).lower() not in allowed:

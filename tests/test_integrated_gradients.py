@@ -97,3 +97,17 @@ def test_rules_weights():
     assert (w * a**5).sum() == pytest.approx(1 / 6)
     with pytest.raises(ValueError, match="unknown integration rule"):
         integration_points("simpson", 5)
+
+
+
+def test_path_products_are_the_path_derivative(tiny_tok, tiny_llama):
+    """sum_t p_t(a) is dF/da (chain rule): check against central differences of F itself."""
+    from attribution.integrated_gradients import path_samples
+
+    al = _example(tiny_tok, 3)
+    h = 1e-3
+    s = path_samples(tiny_llama, al.input_ids, al.answer_positions, [0.3 - h, 0.3, 0.3 + h, 0.8 - h, 0.8, 0.8 + h],
+                     al.token_segment >= 0, tiny_tok.pad_token_id, internal_batch=3)
+    for i in (1, 4):
+        assert s.products[i].sum() == pytest.approx((s.f[i + 1] - s.f[i - 1]) / (2 * h), rel=1e-2)
+    assert np.all(s.products[:, al.token_segment < 0] == 0)
