@@ -82,8 +82,7 @@ class PathSamples:
     sum_t p_t(a) = dF/da, so any quadrature of the rows is an IG estimate (IG_t = integral of p_t).
     """
 
-    alphas: np.ndarray  # (n,)
-    f: np.ndarray  # (n,) F(x' + a (x - x'))
+    f: np.ndarray  # (n,) F(x' + a (x - x')) at the requested alphas
     products: np.ndarray  # (n, T) float32, zero where the baseline equals the input
     f_input: float  # F(x)
     f_baseline: float  # F(x')
@@ -147,7 +146,7 @@ def path_samples(
         else:  # F at both ends, for the completeness gap
             with torch.no_grad():
                 f_base, f_input = _answer_logprob(model, torch.stack([x_base, x]), answer_ids, predict_at).float().tolist()
-    return PathSamples(alphas, f, products, f_input, f_base)
+    return PathSamples(f, products, f_input, f_base)
 
 
 def integrated_gradients(

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 TRACES = ROOT.parent / "shared" / "data" / "traces" / "r1_distill_llama8b_500.json"
 
 from attribution.alignment import align  # noqa: E402
-from attribution.integrated_gradients import RULES, integrated_gradients, path_samples  # noqa: E402
+from attribution.integrated_gradients import RULES, integrated_gradients, integration_points, path_samples  # noqa: E402
 from attribution.scores import segment_scores  # noqa: E402
 from attribution.segments import split_segments  # noqa: E402
 from attribution.selection import TraceView, select  # noqa: E402
@@ -219,21 +219,21 @@ def _simpson(n: int) -> np.ndarray:
 def _best_case_adaptive(products: np.ndarray, ref_panel, budget: int) -> tuple[np.ndarray, int]:
     """Simpson panels on the dyadic grid, halving the one whose true L1 error is largest."""
     last = len(products) - 1
-    panels, used = [(0, last)], {0, last // 2, last}
 
     def panel(i, j):
-        return (j - i) / last / 6 * (products[i] + 4 * products[(i + j) // 2] + products[j])
+        return _simpson(3) * (j - i) / last @ products[[i, (i + j) // 2, j]]
 
     def error(p):
         return -1.0 if p[1] - p[0] < 4 else float(np.abs(panel(*p) - ref_panel(*p)).sum())
 
-    while len(used) + 2 <= budget and max(map(error, panels)) >= 0:
-        i, j = max(panels, key=error)
+    errors, used = {(0, last): error((0, last))}, {0, last // 2, last}
+    while len(used) + 2 <= budget and max(errors.values()) >= 0:
+        i, j = max(errors, key=errors.get)
         m = (i + j) // 2
         used |= {(i + m) // 2, (m + j) // 2}
-        panels.remove((i, j))
-        panels += [(i, m), (m, j)]
-    return sum(panel(*p) for p in panels), len(used)
+        del errors[i, j]
+        errors |= {(i, m): error((i, m)), (m, j): error((m, j))}
+    return sum(panel(*p) for p in errors), len(used)
 
 
 def _dense_samples(out: Path, cache: Cache, tid: str, al, n: int):
@@ -268,9 +268,7 @@ def dense(out: Path, cache: Cache, data, k: int, js: list[int]) -> str:
                                                         *_agreement(ig, ref, al)))
 
         for m in (4, 8, 16, 32, 64):  # trapezoid on every (n-1)/m-th grid point
-            w = np.full(m + 1, 1 / m)
-            w[[0, -1]] /= 2
-            score("riemann_trapezoid", w @ P[:: (n - 1) // m], m + 1)
+            score("riemann_trapezoid", integration_points("riemann_trapezoid", m + 1)[1] @ P[:: (n - 1) // m], m + 1)
         for j in js:
             score("riemann_paper", cache.get(tid, al, "trace", "riemann_paper", j)[0], j)
 
