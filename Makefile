@@ -13,4 +13,4 @@ quickstart: setup
 	$(PY) -m selective_sft.quickstart $(ARGS)
 
 bench: setup
-	$(PY) benchmarks/bench_attribution.py $(ARGS)
+	$(PY) -m benchmarks.bench_attribution $(ARGS)

@@ -8,36 +8,39 @@ from __future__ import annotations
 
 import sys
 
+COMMANDS = ("ig", "labels", "report")
+
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("ig", "labels", "report"):
+    if not argv or argv[0] not in COMMANDS:
         sys.exit(__doc__)
     command, rest = argv[0], argv[1:]
-    from selective_sft.config import parse_recipe
-    from selective_sft.dist import close_process_group
+    from common.config import SELECTORS
+    from common.dist import close_process_group
+    from common.recipe import parse_recipe
+    from data.loaders import load_trace_records
 
-    args, sft, model_args = parse_recipe(rest)
+    r = parse_recipe(rest)
+    records, _ = load_trace_records(r.traces)
     if command == "ig":
         from .runner import run
 
-        run(args, model_args)
+        run(r.traces, r.attribution, r.model, records)
     elif command == "labels":
-        from selective_sft.modeling import load_tokenizer
+        from common.modeling import load_tokenizer
 
-        from .labels import write_recipe_labels
-        from .runner import load_attributions, load_trace_records
-        from .selection import NEEDS_FEATURE, NEEDS_IG
+        from .attributions import load_attributions
+        from .labels import write_labels
 
-        tok = load_tokenizer(model_args.model_name_or_path, args.chat_template)
-        needs = args.selector in NEEDS_IG or args.selector in NEEDS_FEATURE
-        attributions = load_attributions(args.attribution_dir) if needs else None
-        write_recipe_labels(args, tok, load_trace_records(args), attributions, sft.max_length)
+        tok = load_tokenizer(r.model.model_name_or_path, r.traces.chat_template)
+        needed = SELECTORS[r.selection.selector] is not None
+        attributions = load_attributions(r.attribution.attribution_dir) if needed else None
+        write_labels(tok, records, attributions, r.traces, r.selection, r.sft.max_length)
     else:
         from .report import write_report
-        from .runner import load_trace_records
 
-        print(f"report: {write_report(args.labels_dir, args.attribution_dir, load_trace_records(args))}")
+        print(f"report: {write_report(r.selection, r.attribution.attribution_dir, records)}")
     close_process_group()
 
 

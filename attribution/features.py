@@ -11,9 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from data.prompts import ANSWER_SUFFIX
-
-FEATURES = ("segment_perplexity", "segment_entropy", "confidence_gain")
+from common.config import IG_FEATURES
 
 
 @torch.no_grad()
@@ -32,11 +30,12 @@ def _scored_tokens(model, tokenizer, text: str, start: int) -> tuple[np.ndarray,
 
 
 def segment_features(model, tokenizer, prompt: str, segment_texts: list[str], answer: str | None,
-                     names=FEATURES, suffix: str = ANSWER_SUFFIX) -> dict[str, np.ndarray]:
-    """The requested features, each a (K,) array over the trace's segments."""
-    unknown = set(names) - set(FEATURES)
+                     names, suffix: str) -> dict[str, np.ndarray]:
+    """The requested features (``ig_features``), each a (K,) array over the trace's segments;
+    ``suffix`` is the forced answer (``ig_answer_suffix``)."""
+    unknown = set(names) - set(IG_FEATURES)
     if unknown:
-        raise ValueError(f"unknown features {sorted(unknown)}; use {FEATURES}")
+        raise ValueError(f"unknown features {sorted(unknown)}; use {IG_FEATURES}")
     K, out, p = len(segment_texts), {}, len(prompt)
 
     def trace_ppl(texts: list[str]) -> float:

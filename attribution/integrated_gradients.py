@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-RULES = ("riemann_paper", "riemann_midpoint", "riemann_trapezoid", "gauss_legendre")
+from common.config import IG_RULES
 
 
 def integration_points(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -34,7 +34,7 @@ def integration_points(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
     if rule == "gauss_legendre":
         x, w = np.polynomial.legendre.leggauss(steps)
         return (x + 1) / 2, w / 2
-    raise ValueError(f"unknown integration rule {rule!r}; use one of {RULES}")
+    raise ValueError(f"unknown integration rule {rule!r}; use one of {IG_RULES}")
 
 
 @dataclass
@@ -155,8 +155,9 @@ def integrated_gradients(
     answer_positions,
     baseline_mask=None,
     baseline_id: int | None = None,
-    rule: str = "riemann_paper",
-    steps: int = 50,
+    *,
+    rule: str,
+    steps: int,
     internal_batch: int = 1,
     gradient_checkpointing: bool = False,
 ) -> IGResult:

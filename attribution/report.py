@@ -10,16 +10,9 @@
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
 import numpy as np
-
-
-def _load(labels_dir: Path):
-    import datasets
-
-    return datasets.load_from_disk(str(labels_dir / "dataset"))
 
 
 def plot_cumulative(rows: list[dict], path: Path, tau: float) -> Path:
@@ -142,22 +135,21 @@ def write_viewer(records: dict, rows: list[dict], attributions: dict | None, pat
     return path
 
 
-def write_report(labels_dir: str | Path, attribution_dir: str | Path | None, records: list | None = None,
-                 limit: int = 50) -> Path:
-    """Plots and the viewer under ``labels_dir/report``; ``records`` default: the recipe's traces."""
-    from .runner import load_attributions
+def write_report(cfg, attribution_dir: str | Path | None, records: list | None = None, limit: int = 50) -> Path:
+    """Plots and the viewer of the labels in ``cfg.labels_dir`` (a SelectionArguments), under its ``report/``."""
+    from .attributions import load_attributions
+    from .labels_dataset import load_labels
 
-    labels_dir = Path(labels_dir)
+    labels_dir = Path(cfg.labels_dir)
     out = labels_dir / "report"
     out.mkdir(exist_ok=True)
-    rows = list(_load(labels_dir))
-    params = json.loads(rows[0]["selector_params"]) if rows else {}
-    plot_cumulative(rows, out / "cumulative.png", params.get("tau", 0.7))
-    plot_strength_consistency(rows, out / "strength_consistency.png", params.get("beta", 0.8))
+    rows = list(load_labels(labels_dir))
+    plot_cumulative(rows, out / "cumulative.png", cfg.tau)
+    plot_strength_consistency(rows, out / "strength_consistency.png", cfg.beta)
     if records is not None:
         attributions = None
         if attribution_dir and (Path(attribution_dir) / "attributions").exists():
             attributions = load_attributions(attribution_dir)
         write_viewer({r.id: r for r in records}, rows[:limit], attributions, out / "viewer.html",
-                     f"{labels_dir.name}: {rows[0]['selector'] if rows else ''}")
+                     f"{labels_dir.name}: {cfg.selector}")
     return out

@@ -10,12 +10,8 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
-PAPER_KEYWORDS = (
-    "Wait", "Alternatively", "But wait", "But alternatively", "But just to", "However", "Not sure",
-    "Going back", "Backtrack", "Trace back", "Another",
-)
-FINE_KEYWORDS = PAPER_KEYWORDS + ("But", "Hmm", "Hmmm")
-KEYWORD_SETS = {"paper": PAPER_KEYWORDS, "fine": FINE_KEYWORDS}
+from common.config import KEYWORD_SETS
+
 
 
 @dataclass(frozen=True)
@@ -54,3 +50,8 @@ def split_segments(trace: str, keywords: str | Sequence[str] = "paper") -> list[
     for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
         segments.append(Segment(i, a, b, trace[a:b], words.get(a)))
     return segments
+
+
+def segments_from_spans(trace: str, spans: list[list[int]]) -> list[Segment]:
+    """Segments at stored character spans (an attribution row's), so later stages never re-split."""
+    return [Segment(i, a, b, trace[a:b], None) for i, (a, b) in enumerate(spans)]

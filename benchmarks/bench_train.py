@@ -3,8 +3,8 @@
 CPU (plain transformers + TRL): the tiny random Qwen2 and SmolLM2-135M-Instruct, each in its own
 process so peak RSS is its own. On a CUDA GPU, ``--model`` any hub model (e.g. a randomly
 initialised R1-Distill-Qwen-1.5B via ``--random-init``) and ``--unsloth true|false`` compare the paths.
-    python benchmarks/bench_train.py                       # tiny-qwen2 and smollm2 on CPU
-    python benchmarks/bench_train.py --model deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B --random-init \\
+    python -m benchmarks.bench_train                       # tiny-qwen2 and smollm2 on CPU
+    python -m benchmarks.bench_train --model deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B --random-init \\
         --length 16384 --unsloth true                      # GPU
 """
 from __future__ import annotations
@@ -18,20 +18,19 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 
 def one(model: str, steps: int, batch: int, length: int, unsloth: str, random_init: bool) -> dict:
     import torch
     from transformers import TrainerCallback
     from trl import ModelConfig, SFTConfig
 
-    from attribution.labels import build_labels, save_labels
+    from attribution.labels import build_labels
+    from attribution.labels_dataset import save_labels
+    from common.config import SelectionArguments, TrainingArguments
+    from common.modeling import load_tokenizer
+    from common.recipe import make_recipe
     from data import synthetic
     from data.records import Record
-    from selective_sft.config import SelectiveArguments
-    from selective_sft.modeling import load_tokenizer
     from selective_sft.train import train
 
     tok = load_tokenizer(model)
@@ -39,7 +38,7 @@ def one(model: str, steps: int, batch: int, length: int, unsloth: str, random_in
     if length > 300:  # long-context runs: repeat each trace up to the length
         recs = [Record(r.id, r.question, (r.trace + "\n\n") * max(1, length // 180), r.answer, r.source)
                 for r in recs]
-    rows, summary = build_labels(tok, recs, None, "first_correct_solution", {}, max_length=length)
+    rows, summary = build_labels(tok, recs, None, SelectionArguments(selector="first_correct_solution"), "paper", length)
     tmp = Path(tempfile.mkdtemp())
     save_labels(rows, summary, tmp / "labels")
     n_tokens = sum(len(r["input_ids"]) for r in rows)
@@ -64,7 +63,8 @@ def one(model: str, steps: int, batch: int, length: int, unsloth: str, random_in
         margs.model_name_or_path = str(path)
     if gpu:
         torch.cuda.reset_peak_memory_stats()
-    train(SelectiveArguments(labels_dir=str(tmp / "labels"), use_unsloth=unsloth), config, margs, callbacks=[clock])
+    train(make_recipe(config, margs, selection=SelectionArguments(labels_dir=str(tmp / "labels")),
+                      training=TrainingArguments(use_unsloth=unsloth)), callbacks=[clock])
     dt = time.perf_counter() - clock.t0
     per_step = n_tokens / steps
     return {"model": model, "unsloth": unsloth, "steps_timed": steps - 1, "tokens_per_step": per_step,
@@ -87,7 +87,7 @@ def main() -> None:
         return
     print("| model | unsloth | tokens/step | tokens/s | peak RSS MB | peak GPU MB |\n|---|---|---|---|---|---|")
     for model in a.model.split(","):
-        cmd = [sys.executable, __file__, "--one", "--model", model, "--steps", str(a.steps), "--batch", str(a.batch),
+        cmd = [sys.executable, "-m", "benchmarks.bench_train", "--one", "--model", model, "--steps", str(a.steps), "--batch", str(a.batch),
                "--length", str(a.length), "--unsloth", a.unsloth] + (["--random-init"] if a.random_init else [])
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode:

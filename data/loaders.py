@@ -155,3 +155,11 @@ def load_records(source: str, fields: dict[str, str] | None = None, split: str =
         if limit is not None and len(out) >= limit:
             break
     return out, report
+
+
+def load_trace_records(traces) -> tuple[list[Record], LoadReport]:
+    """The records a recipe's traces section (common.config.TracesArguments) names, with the load report."""
+    records, report = load_records(traces.traces, fields=traces.traces_fields, split=traces.traces_split,
+                                   chat=traces.traces_chat, on_bad=traces.on_bad, limit=traces.traces_limit)
+    print(report.summary())
+    return records, report

@@ -11,16 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 INSTRUCTION = "\nPlease reason step by step, and put your final answer within \\boxed{}."
-# The paper's forced answer (Sec. 3.1): the model is made to state the gold answer after the trace.
-ANSWER_SUFFIX = "</think> So, the final answer is \\boxed{{{answer}}}"
-
-# Plain ChatML (SmolLM2's and Qwen's format), for tokenizers that ship no template (tiny test models).
-CHATML_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-
-
 @dataclass(frozen=True)
 class PromptedText:
     """A full text with the character spans of its parts: [0, trace_start) prompt, trace, tail."""
@@ -40,7 +30,7 @@ def render_prompt(tokenizer, question: str, system: str | None = None, instructi
     if not tokenizer.chat_template:
         raise ValueError(
             f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template; set one "
-            f"(e.g. data.prompts.CHATML_TEMPLATE or the model's .jinja) before formatting prompts"
+            f"(e.g. common.assets.CHATML_TEMPLATE or the model's .jinja) before formatting prompts"
         )
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": question + instruction}
@@ -67,9 +57,10 @@ def training_text(tokenizer, question: str, trace: str, system: str | None = Non
     return build_text(render_prompt(tokenizer, question, system), trace, tokenizer.eos_token)
 
 
-def attribution_text(tokenizer, question: str, trace: str, answer: str, suffix: str = ANSWER_SUFFIX,
+def attribution_text(tokenizer, question: str, trace: str, answer: str, suffix: str,
                      system: str | None = None) -> PromptedText:
-    """prompt + trace + forced answer suffix: what integrated gradients explains (target = answer)."""
+    """prompt + trace + forced answer ``suffix`` (``ig_answer_suffix``, with ``{answer}``): what integrated
+    gradients explains (target = the answer)."""
     return build_text(render_prompt(tokenizer, question, system), trace, suffix.format(answer=answer), answer)
 
 

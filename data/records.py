@@ -38,10 +38,6 @@ class Record:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Record":
-        return cls(d["id"], d["question"], d["trace"], d.get("answer"), d.get("source", ""), dict(d.get("meta") or {}))
-
 
 @dataclass
 class LoadReport:

@@ -33,13 +33,12 @@ def pick_backend(name: str = "auto") -> str:
 class HFGenerator:
     """transformers ``generate`` with left padding, in batches of prompts."""
 
-    def __init__(self, model_path: str, tokenizer, batch_size: int = 8, dtype=None):
-        from transformers import AutoModelForCausalLM
+    def __init__(self, model_path: str, tokenizer, batch_size: int):
+        from common.modeling import inference_model
 
         self.tok = tokenizer
         self.tok.padding_side = "left"
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype or "auto").to(device).eval()
+        self.model = inference_model(model_path)
         self.batch_size = batch_size
 
     @torch.no_grad()
@@ -81,7 +80,7 @@ class VLLMGenerator:
         return [[(o.text, len(o.token_ids)) for o in r.outputs] for r in results]
 
 
-def make_generator(backend: str, model_path: str, tokenizer, batch_size: int = 8):
+def make_generator(backend: str, model_path: str, tokenizer, batch_size: int):
     backend = pick_backend(backend)
     if backend == "vllm":
         return VLLMGenerator(model_path, tokenizer)

@@ -86,7 +86,6 @@ class Grader:
 
     def __init__(self, timeout: float = 10.0, workers: int = 2):
         self.timeout, self.workers = timeout, workers
-        self.timeouts = 0
         self._pool = None
 
     def _new_pool(self):
@@ -102,7 +101,6 @@ class Grader:
             try:
                 out.append(res.get(self.timeout))
             except mp.TimeoutError:
-                self.timeouts += 1
                 out.append({"correct": False, "extracted": None, "how": "timeout"})
                 self._pool.terminate()  # the stuck worker dies with it; resubmit what is left
                 self._new_pool()

@@ -35,6 +35,8 @@ def summarize(rows: list[dict], ks: tuple[int, ...] = (1, 4, 8, 16, 32)) -> dict
                                                             for g in sampled]))
         res["mean_tokens"] = float(np.mean([r["n_tokens"] for g in groups.values() for r in g]))
         res["questions"] = len({i for i, _ in groups})
+        # answers the grader gave up on (math-verify hung past the timeout): graded wrong, counted here
+        res["grading_timeouts"] = sum(r.get("how") == "timeout" for g in groups.values() for r in g)
         out[bench] = res
     return out
 

@@ -1,7 +1,8 @@
 """Evaluate models on the benchmarks: resumable per-sample jsonl, summary JSON, markdown table.
 
+    python -m eval --config recipes/<model>/<method>.yaml          # the recipe's trained model and eval keys
     python -m eval --model runs/x/model --name selective --benchmarks math500,aime24 \\
-        --data-dir ../shared/data/benchmarks --out runs/eval
+        --data-dir ../shared/data/benchmarks --out runs/eval       # any model; flags override a recipe
 
 Greedy decoding gives accuracy; ``--samples`` > 0 adds sampling at temperature 0.6 (top-p 1.0) with
 n per benchmark (the paper: 32 for AIME24/AMC23, 6 otherwise) for pass@1 / pass@k. A killed run
@@ -13,6 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
+from common.config import EvalArguments, RunArguments
+from common.recipe import RunPaths
 from data.prompts import render_prompt
 from data.store import JsonlStore
 
@@ -43,22 +46,22 @@ def answer_and_grade(generate, grader, prompts: list[str], golds: list[tuple[str
             for outs in outputs]
 
 
-def evaluate(model_path: str, name: str, benchmarks: dict[str, str | None], out_dir: str | Path,
-             modes: tuple[str, ...] = ("greedy",), samples: int | None = None, max_new_tokens: int = 32768,
-             backend: str = "auto", batch_size: int = 8, limit: int | None = None, chat_template: str | None = None,
-             seed: int = 0, grade_timeout: float = 10.0) -> dict:
-    """Generate, grade and summarize one model; returns its summary (also written to out_dir/name)."""
-    from selective_sft.modeling import load_tokenizer, resolve_model_path
+def evaluate(model_path: str, name: str, cfg: EvalArguments, chat_template: str | None = None,
+             grade_timeout: float = 10.0) -> dict:
+    """Generate, grade and summarize one model as ``cfg`` asks; returns its summary (also written to
+    <eval_dir>/<name>/summary.json)."""
+    from common.modeling import load_tokenizer, resolve_model_path
 
-    out = Path(out_dir) / name
+    out = Path(cfg.eval_dir) / name
     store = JsonlStore(out / "samples.jsonl", key="key")
-    items = [it for b, path in benchmarks.items() for it in load_benchmark(b, path, limit, seed)]
-    todo = [(it, mode, n) for it, mode, n in plan(items, list(modes), samples)
+    items = [it for b, path in cfg.benchmark_files().items() for it in load_benchmark(b, path, cfg.eval_limit, cfg.eval_seed)]
+    modes, max_new_tokens, batch_size, seed = cfg.modes, cfg.eval_max_new_tokens, cfg.eval_batch_size, cfg.eval_seed
+    todo = [(it, mode, n) for it, mode, n in plan(items, list(modes), cfg.n_samples)
             if f"{it.benchmark}|{it.id}|{mode}|0" not in store.done]
     if todo:
         path = resolve_model_path(model_path)
         tok = load_tokenizer(path, chat_template)
-        gen = make_generator(backend, path, tok, batch_size)
+        gen = make_generator(cfg.eval_backend, path, tok, batch_size)
         groups: dict[tuple[str, int], list[Item]] = {}
         for it, mode, n in todo:
             groups.setdefault((mode, n), []).append(it)
@@ -95,26 +98,47 @@ def collect_table(out_dir: str | Path, baseline: str | None = None) -> str:
     return md
 
 
+# flag -> EvalArguments key; a flag given on the command line overrides the recipe
+FLAGS = {"benchmarks": "eval_benchmarks", "data_dir": "eval_data_dir", "out": "eval_dir", "greedy": "eval_greedy",
+         "samples": "eval_samples", "max_new_tokens": "eval_max_new_tokens", "backend": "eval_backend",
+         "batch_size": "eval_batch_size", "limit": "eval_limit", "seed": "eval_seed"}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="model path or hub name (smollm2, tiny-qwen2 work offline)")
-    p.add_argument("--name", help="run name in the table (default: the model's folder name)")
-    p.add_argument("--benchmarks", default=",".join(BENCHMARKS))
+    p.add_argument("--config", help="recipe: its eval keys, trained model and run folders (other --key value pairs override it)")
+    p.add_argument("--model", help="model path or hub name (smollm2, tiny-qwen2 work offline); default: the recipe's trained model")
+    p.add_argument("--name", help="run name in the table (default: the recipe's labels name, else the model's folder name)")
+    p.add_argument("--benchmarks", type=lambda s: s.split(","), help=f"comma-separated, of {','.join(BENCHMARKS)}")
     p.add_argument("--data-dir", help="local root holding <benchmark>/test.jsonl; default: load from the hub")
-    p.add_argument("--out", default="runs/eval")
-    p.add_argument("--greedy", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--samples", type=int, default=0, help="sampled answers per question (0: none; -1: the paper's n)")
-    p.add_argument("--max-new-tokens", type=int, default=32768)
-    p.add_argument("--backend", default="auto", choices=["auto", "hf", "vllm"])
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--out", help="folder of the runs and table.md (default: <run_dir>/eval)")
+    p.add_argument("--greedy", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--samples", type=int, help="sampled answers per question (0: none; -1: the paper's n)")
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--backend", choices=["auto", "hf", "vllm"])
+    p.add_argument("--batch-size", type=int)
     p.add_argument("--limit", type=int)
+    p.add_argument("--seed", type=int)
     p.add_argument("--chat-template")
     p.add_argument("--baseline", help="run name the table compares against")
-    a = p.parse_args(argv)
-    names = a.benchmarks.split(",")
-    benches = {b: (str(Path(a.data_dir) / b / "test.jsonl") if a.data_dir else None) for b in names}
-    modes = (("greedy",) if a.greedy else ()) + (("sample",) if a.samples else ())
-    name = a.name or Path(a.model.rstrip("/")).name
-    evaluate(a.model, name, benches, a.out, modes, None if a.samples == -1 else a.samples, a.max_new_tokens,
-             a.backend, a.batch_size, a.limit, a.chat_template)
-    print(collect_table(a.out, a.baseline))
+    a, rest = p.parse_known_args(argv)
+    if a.config:
+        from common.recipe import parse_recipe
+
+        recipe = parse_recipe(["--config", a.config, *rest])
+        cfg, model, name = recipe.eval, str(recipe.trained_model_dir), recipe.selection.labels_name
+        chat_template = recipe.traces.chat_template
+    elif rest:
+        p.error(f"unrecognized arguments: {' '.join(rest)} (recipe keys need --config)")
+    else:
+        cfg, model, name, chat_template = EvalArguments(), None, None, None
+        cfg.eval_dir = str(RunPaths(Path(RunArguments().run_dir)).eval)
+    for flag, key in FLAGS.items():
+        if getattr(a, flag) is not None:
+            setattr(cfg, key, getattr(a, flag))
+    model = a.model or model
+    if model is None:
+        p.error("give --model, or --config with a recipe whose model is trained")
+    name = a.name or name or Path(model.rstrip("/")).name
+    evaluate(model, name, cfg, a.chat_template or chat_template)
+    print(collect_table(cfg.eval_dir, a.baseline))

@@ -9,34 +9,17 @@ Two-stage recipes (instruct models) first train on full-CoT labels, then on the 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
-from attribution.labels import tokenizer_signature
-
-from .config import parse_recipe
-from .dist import close_process_group
-from .modeling import load_model, load_tokenizer, wants_unsloth
-
-TRAIN_COLUMNS = ["input_ids", "attention_mask", "labels"]
+from attribution.labels_dataset import TRAIN_COLUMNS, load_labels
+from common.dist import close_process_group
+from common.modeling import load_model, load_tokenizer, wants_unsloth
+from common.recipe import Recipe, parse_recipe
 
 
 def load_labels_dataset(labels_dir: str | Path, tokenizer, model):
-    """The labels dataset, checked against the tokenizer and the model before any training step."""
-    import datasets
-
-    labels_dir = Path(labels_dir)
-    if not (labels_dir / "dataset").exists():
-        raise FileNotFoundError(f"{labels_dir}/dataset not found: build it with `python -m attribution labels --config ...`")
-    ds = datasets.load_from_disk(str(labels_dir / "dataset"))
-    missing = [c for c in TRAIN_COLUMNS if c not in ds.column_names]
-    if missing:
-        raise ValueError(f"{labels_dir}: labels dataset lacks columns {missing}")
-    summary_path = labels_dir / "summary.json"
-    stored = json.loads(summary_path.read_text()).get("tokenizer") if summary_path.exists() else None
-    if stored is not None and stored != tokenizer_signature(tokenizer):
-        raise ValueError(f"{labels_dir} was tokenized with another tokenizer ({stored}) than this model's "
-                         f"({tokenizer_signature(tokenizer)}); rebuild the labels with this model's tokenizer")
+    """The training columns of a labels dataset, checked against the tokenizer and the model first."""
+    ds = load_labels(labels_dir, tokenizer)
     n_embed = model.get_input_embeddings().num_embeddings
     top = max(max(ids) for ids in ds["input_ids"])
     if top >= n_embed:
@@ -51,24 +34,25 @@ def _resume_arg(value):
     return value
 
 
-def train(args, sft, model_args, callbacks=None):
-    """Run the recipe's stages; returns the last trainer (its model holds the final weights)."""
-    use_unsloth = wants_unsloth(args.use_unsloth)
+def train(recipe: Recipe, callbacks=None):
+    """Run the recipe's training stages; returns the last trainer (its model holds the final weights)."""
+    cfg, sft, model_args = recipe.training, recipe.sft, recipe.model
+    use_unsloth = wants_unsloth(cfg.use_unsloth)
     if use_unsloth:
         import unsloth  # noqa: F401  (must be imported before trl to patch it)
     from trl import SFTTrainer, get_peft_config
 
-    tokenizer = load_tokenizer(model_args.model_name_or_path, args.chat_template)
+    tokenizer = load_tokenizer(model_args.model_name_or_path, recipe.traces.chat_template)
     model = load_model(model_args, use_unsloth, sft.max_length)
     stages = []
-    if args.first_stage_labels_dir and args.first_stage_epochs > 0:
-        stages.append(("stage1_full_cot", args.first_stage_labels_dir, args.first_stage_epochs,
-                       args.first_stage_learning_rate or sft.learning_rate))
-    stages.append(("final", args.labels_dir, sft.num_train_epochs, sft.learning_rate))
+    if cfg.two_stage:
+        stages.append(("stage1_full_cot", cfg.first_stage_labels_dir, cfg.first_stage_epochs,
+                       cfg.first_stage_learning_rate or sft.learning_rate))
+    stages.append(("final", recipe.selection.labels_dir, sft.num_train_epochs, sft.learning_rate))
     trainer = None
     for name, labels_dir, epochs, lr in stages:
         dataset = load_labels_dataset(labels_dir, tokenizer, model)
-        out = sft.output_dir if len(stages) == 1 else str(Path(sft.output_dir) / name)
+        out = str(recipe.trained_model_dir) if name == "final" else str(Path(sft.output_dir) / name)
         config = dataclasses.replace(sft, num_train_epochs=epochs, learning_rate=lr, output_dir=out)
         peft = None if use_unsloth or trainer is not None else get_peft_config(model_args)
         trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
@@ -82,8 +66,7 @@ def train(args, sft, model_args, callbacks=None):
 
 
 def main(argv: list[str] | None = None) -> None:
-    args, sft, model_args = parse_recipe(argv)
-    train(args, sft, model_args)
+    train(parse_recipe(argv))
     close_process_group()
 
 

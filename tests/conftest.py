@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-SHARED = ROOT.parent / "shared" / "data"
+from common import assets
 
-from selective_sft import assets  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data"
 
 
 def shared_path(*parts: str) -> Path:
@@ -58,7 +56,7 @@ def smol_tok(smol_path):
 def r1_traces():
     from data.loaders import load_records
 
-    recs, report = load_records(str(shared_path("traces", "r1_distill_llama8b_500.json")), chat=True)
+    recs, _ = load_records(str(shared_path("traces", "r1_distill_llama8b_500.json")), chat=True)
     return recs
 
 

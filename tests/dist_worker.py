@@ -1,23 +1,24 @@
-"""Worker for the multi-process tests: `torchrun --nproc_per_node N tests/dist_worker.py {ig,train} OUT INPUT`."""
+"""Worker for the multi-process tests: `torchrun --nproc_per_node N -m tests.dist_worker {ig,train} OUT INPUT`."""
 import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 
 def attribute(out: Path, traces: str, model_args) -> None:
     from attribution import runner
-    from selective_sft.config import SelectiveArguments
+    from common.config import AttributionArguments, TracesArguments
+    from data.loaders import load_trace_records
 
-    runner.run(SelectiveArguments(traces=traces, ig_steps=4, attribution_dir=str(out)), model_args)
+    cfg = TracesArguments(traces=traces)
+    runner.run(cfg, AttributionArguments(ig_steps=4, attribution_dir=str(out)), model_args, load_trace_records(cfg)[0])
 
 
 def train(out: Path, labels_dir: str, model_args) -> None:
     from accelerate import PartialState
     from trl import SFTConfig
 
-    from selective_sft.config import SelectiveArguments
+    from common.config import SelectionArguments, TrainingArguments
+    from common.recipe import make_recipe
     from selective_sft.train import train as run_train
 
     world = PartialState().num_processes
@@ -25,7 +26,9 @@ def train(out: Path, labels_dir: str, model_args) -> None:
                        per_device_train_batch_size=4 // world, gradient_accumulation_steps=1, logging_steps=1,
                        save_strategy="no", report_to="none", seed=0, bf16=False, use_cpu=True, loss_type="nll",
                        train_sampling_strategy="sequential", shuffle_dataset=False, max_grad_norm=0.0)
-    trainer = run_train(SelectiveArguments(labels_dir=labels_dir, use_unsloth="false"), config, model_args)
+    recipe = make_recipe(config, model_args, selection=SelectionArguments(labels_dir=labels_dir),
+                         training=TrainingArguments(use_unsloth="false"))
+    trainer = run_train(recipe)
     if PartialState().is_main_process:
         (out / "losses.json").write_text(json.dumps([h["loss"] for h in trainer.state.log_history if "loss" in h]))
 
@@ -33,7 +36,7 @@ def train(out: Path, labels_dir: str, model_args) -> None:
 def main() -> None:
     from trl import ModelConfig
 
-    from selective_sft.dist import close_process_group
+    from common.dist import close_process_group
 
     mode, out, source = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
     {"ig": attribute, "train": train}[mode](out, source, ModelConfig(model_name_or_path="tiny-qwen2"))

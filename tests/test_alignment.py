@@ -4,8 +4,9 @@ import pytest
 
 from attribution.alignment import PROMPT, TAIL, align
 from attribution.segments import split_segments
+from common.config import ANSWER_SUFFIX
 from data.prompts import attribution_text, load_template, training_text
-from selective_sft import assets
+from common import assets
 from tests.conftest import shared_path
 
 
@@ -60,7 +61,7 @@ def test_boundary_merge_keeps_first_char_rule(qwen_tok):
 
 
 def test_answer_positions(tiny_tok):
-    text = attribution_text(tiny_tok, "2+3?", "It is 5.\n\nWait, yes 5.", "5")
+    text = attribution_text(tiny_tok, "2+3?", "It is 5.\n\nWait, yes 5.", "5", ANSWER_SUFFIX)
     al = align(tiny_tok, text, split_segments("It is 5.\n\nWait, yes 5."))
     assert tiny_tok.decode(al.input_ids[al.answer_positions]).strip() == "5"
     assert np.all(al.token_segment[al.answer_positions] == TAIL)

@@ -9,18 +9,20 @@ import datasets
 import pytest
 import torch
 
-from attribution.labels import build_labels, save_labels
+from attribution.labels import build_labels
+from attribution.labels_dataset import save_labels
+from common.config import SelectionArguments
 from data import synthetic
 
-WORKER = Path(__file__).with_name("dist_worker.py")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def launch(n: int, *args) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     # torchrun: accelerate's `--cpu` launcher starts a single process; PartialState(cpu=True) joins these over gloo
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--master_port", str(29500 + n),
-           str(WORKER), *map(str, args)]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+           "-m", "tests.dist_worker", *map(str, args)]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
 
 
@@ -37,7 +39,8 @@ def test_two_process_attribution_equals_one(tmp_path, tiny_tok):
 
 
 def test_two_process_training_equals_one(tmp_path, tiny_tok):
-    rows, summary = build_labels(tiny_tok, synthetic.generate(4, seed=32), None, "first_correct_solution", {})
+    rows, summary = build_labels(tiny_tok, synthetic.generate(4, seed=32), None,
+                                 SelectionArguments(selector="first_correct_solution"), "paper")
     save_labels(rows, summary, tmp_path / "labels")
     launch(1, "train", tmp_path / "one", tmp_path / "labels")
     launch(2, "train", tmp_path / "two", tmp_path / "labels")

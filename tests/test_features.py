@@ -6,7 +6,8 @@ import torch
 from attribution.features import segment_features
 from attribution.segments import split_segments
 from data import synthetic
-from data.prompts import ANSWER_SUFFIX, render_prompt
+from common.config import ANSWER_SUFFIX, IG_FEATURES
+from data.prompts import render_prompt
 
 
 def _logprob_of(model, tok, text, start):
@@ -23,7 +24,7 @@ def test_features_match_direct_computation(tiny_tok, tiny_qwen2):
     rec = synthetic.generate(3, seed=4)[2]
     texts = [s.text for s in split_segments(rec.trace)]
     prompt = render_prompt(tiny_tok, rec.question)
-    f = segment_features(tiny_qwen2, tiny_tok, prompt, texts, rec.answer)
+    f = segment_features(tiny_qwen2, tiny_tok, prompt, texts, rec.answer, IG_FEATURES, ANSWER_SUFFIX)
     assert all(v.shape == (len(texts),) and np.isfinite(v).all() for v in f.values())
     # confidence gain telescopes: its sum is log p(answer | whole trace) - log p(answer | no trace)
     tail = ANSWER_SUFFIX.format(answer=rec.answer)
@@ -40,9 +41,10 @@ def test_features_match_direct_computation(tiny_tok, tiny_qwen2):
 
 def test_entropy_feature_and_errors(tiny_tok, tiny_qwen2):
     prompt = render_prompt(tiny_tok, "q")
-    f = segment_features(tiny_qwen2, tiny_tok, prompt, ["only one segment."], "1", names=["segment_entropy", "segment_perplexity"])
+    f = segment_features(tiny_qwen2, tiny_tok, prompt, ["only one segment."], "1", ["segment_entropy", "segment_perplexity"],
+                         ANSWER_SUFFIX)
     assert f["segment_perplexity"].tolist() == [0.0] and 0 < f["segment_entropy"][0] <= np.log(len(tiny_tok)) + 1e-4
     with pytest.raises(ValueError, match="unknown features"):
-        segment_features(tiny_qwen2, tiny_tok, prompt, ["x"], "1", names=["magic"])
+        segment_features(tiny_qwen2, tiny_tok, prompt, ["x"], "1", ["magic"], ANSWER_SUFFIX)
     with pytest.raises(ValueError, match="needs the gold answer"):
-        segment_features(tiny_qwen2, tiny_tok, prompt, ["x"], None, names=["confidence_gain"])
+        segment_features(tiny_qwen2, tiny_tok, prompt, ["x"], None, ["confidence_gain"], ANSWER_SUFFIX)

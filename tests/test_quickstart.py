@@ -10,17 +10,18 @@ from selective_sft.quickstart import DEFAULT_RECIPE, run
 def test_quickstart_every_stage(tmp_path):
     out = run(str(DEFAULT_RECIPE), str(tmp_path), ["--model_name_or_path", "tiny-qwen2",
               "--num_train_epochs", "1", "--eval_max_new_tokens", "8", "--ig_steps", "4"], n_train=6, n_eval=4)
-    ds = datasets.load_from_disk(str(tmp_path / "labels" / "selective" / "dataset"))
+    # folders by the run-folder rule: labels/<selector>, models/<selector>, eval/<selector>
+    ds = datasets.load_from_disk(str(tmp_path / "labels" / "paper" / "dataset"))
     assert len(ds) == 6 and {"input_ids", "labels", "selected"} <= set(ds.column_names)
-    full = datasets.load_from_disk(str(tmp_path / "labels" / "full_cot" / "dataset"))
+    full = datasets.load_from_disk(str(tmp_path / "labels" / "all" / "dataset"))
     assert all(all(full[i]["selected"]) for i in range(len(full)))
-    for name in ("selective", "full_cot"):
+    for name in ("paper", "all"):
         AutoModelForCausalLM.from_pretrained(tmp_path / "models" / name)
     table = (tmp_path / "eval" / "table.md").read_text().strip().split("\n")
-    assert len(table) == 4 and table[2].startswith("| full_cot |") and table[3].startswith("| selective |")
+    assert len(table) == 4 and table[2].startswith("| all |") and table[3].startswith("| paper |")
     results = (tmp_path / "results.md").read_text()
     assert "Planted redundancy" in results and "| paper |" in results
-    assert (tmp_path / "labels" / "selective" / "report" / "viewer.html").exists()
+    assert (tmp_path / "labels" / "paper" / "report" / "viewer.html").exists()
     assert set(out["times"]) == {"data", "attribution", "labels_selective", "labels_full_cot", "train_selective",
                                  "train_full_cot", "eval_selective", "eval_full_cot"}
     # a rerun skips every finished stage

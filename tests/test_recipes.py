@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from selective_sft.config import parse_recipe
+from common.recipe import parse_recipe
 
 RECIPES = sorted(p for p in (Path(__file__).resolve().parent.parent / "recipes").rglob("*.yaml")
                  if "accelerate_configs" not in p.parts)
@@ -20,14 +20,41 @@ PAPER = {  # recipe -> (model, lr, epochs, selector)
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_recipe_parses(path):
-    args, sft, model = parse_recipe(["--config", str(path)])
+    r = parse_recipe(["--config", str(path)])
     key = f"{path.parent.name}/{path.stem}"
     if key in PAPER:
         name, lr, epochs, selector = PAPER[key]
-        assert (model.model_name_or_path, sft.learning_rate, sft.num_train_epochs, args.selector) == (name, lr, epochs, selector)
-        assert sft.max_length == 16384 and sft.lr_scheduler_type == "cosine" and args.tau == 0.7 and args.beta == 0.8
+        assert (r.model.model_name_or_path, r.sft.learning_rate, r.sft.num_train_epochs, r.selection.selector) == (
+            name, lr, epochs, selector)
+        assert r.sft.max_length == 16384 and r.sft.lr_scheduler_type == "cosine"
+        assert r.selection.tau == 0.7 and r.selection.beta == 0.8
     if path.parent.name.endswith("instruct"):
-        assert args.first_stage_epochs == 7 and args.first_stage_learning_rate == 1.5e-5
+        assert r.training.first_stage_epochs == 7 and r.training.first_stage_learning_rate == 1.5e-5
+        # stage 1 trains the labels the same model's full_cot recipe writes, by the run-folder rule
+        full_cot = parse_recipe(["--config", str(path.with_name("full_cot.yaml"))])
+        assert r.training.first_stage_labels_dir == full_cot.selection.labels_dir
+    # every folder derives from run_dir by one rule
+    p = r.paths
+    assert r.attribution.attribution_dir == str(p.attribution) and r.eval.eval_dir == str(p.eval)
+    assert r.selection.labels_dir == str(p.labels(r.selection.labels_name))
+    assert r.sft.output_dir == str(p.model(r.selection.labels_name))
+
+
+def test_explicit_folders_override_the_rule():
+    r = parse_recipe(["--config", str(RECIPES[0]), "--run_dir", "x", "--labels_dir", "elsewhere/l", "--output_dir", "m"])
+    assert r.attribution.attribution_dir == "x/attribution" and r.selection.labels_dir == "elsewhere/l"
+    assert r.sft.output_dir == "m" and r.for_selector("all").selection.labels_dir == "x/labels/all"
+    assert r.for_selector("all").sft.output_dir == "x/models/all"
+
+
+def test_sections_validate_their_keys(tmp_path):
+    for key, value, message in [("selector", "best", "selector"), ("ig_rule", "simpson", "ig_rule"),
+                                ("ig_features", "[magic]", "ig_features"), ("keywords", "Wait,,Hmm", "keywords"),
+                                ("label_mode", "drop", "label_mode")]:
+        with pytest.raises(ValueError, match=message):
+            parse_recipe(["--config", str(RECIPES[0]), f"--{key}", value])
+    with pytest.raises(ValueError, match="needs the attribution feature 'confidence_gain'"):
+        parse_recipe(["--config", str(RECIPES[0]), "--selector", "confidence_gain"])
 
 
 def test_unknown_key_named(tmp_path):

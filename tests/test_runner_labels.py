@@ -7,11 +7,14 @@ from trl import ModelConfig
 
 from attribution import runner
 from attribution.alignment import align
-from attribution.labels import IGNORE, build_labels, save_labels
+from attribution.attributions import load_attributions
+from attribution.labels import build_labels
+from attribution.labels_dataset import IGNORE, save_labels
 from attribution.segments import split_segments
+from common.config import AttributionArguments, SelectionArguments, TracesArguments
 from data import synthetic
+from data.loaders import load_trace_records
 from data.prompts import training_text
-from selective_sft.config import SelectiveArguments
 
 
 def _chat_row(rid, question, trace, answer=None):
@@ -30,17 +33,21 @@ def traces(tmp_path_factory):
     return str(path)
 
 
-def _args(path, out, **kw):
-    return SelectiveArguments(**{"traces": path, "traces_chat": True, "ig_steps": 4, "ig_internal_batch": 4,
-                                 "ig_max_length": 400, "attribution_dir": str(out), **kw})
+def _run(path, out, tok, model, **kw):
+    """The IG stage on a chat-formatted trace file, as a recipe with these keys would run it."""
+    traces = TracesArguments(traces=path, traces_chat=True)
+    cfg = AttributionArguments(**{"ig_steps": 4, "ig_internal_batch": 4, "ig_max_length": 400, "attribution_dir": str(out), **kw})
+    records, _ = load_trace_records(traces)
+    return runner.run(traces, cfg, ModelConfig(model_name_or_path="tiny-qwen2"), records, model=model, tokenizer=tok)
 
 
-def _run(args, tok, model):
-    return runner.run(args, ModelConfig(model_name_or_path="tiny-qwen2"), model=model, tokenizer=tok)
+def _labels(tok, recs, attrs, selector, mode="mask", max_length=None, **params):
+    return build_labels(tok, recs, attrs, SelectionArguments(selector=selector, label_mode=mode, **params), "paper",
+                        max_length)
 
 
 def test_runner_reasons_and_resume(traces, tmp_path, tiny_tok, tiny_qwen2):
-    full = _run(_args(traces, tmp_path / "full"), tiny_tok, tiny_qwen2)
+    full = _run(traces, tmp_path / "full", tiny_tok, tiny_qwen2)
     assert full["records"] == 8 and full["attributed"] == 6
     reasons = {why: ids for why, ids in full["skipped_ids"].items()}
     assert reasons.pop("answer missing (trace cut off before </think>)") == ["cut-off"]
@@ -51,18 +58,19 @@ def test_runner_reasons_and_resume(traces, tmp_path, tiny_tok, tiny_qwen2):
     part = tmp_path / "part"
     (part / "shards").mkdir(parents=True)
     (part / "shards" / "rank0-of-1.jsonl").write_text("".join(rows[:2]) + rows[2][: len(rows[2]) // 2])
-    (part / "config.json").write_text((tmp_path / "full" / "config.json").read_text())
-    resumed = _run(_args(traces, part), tiny_tok, tiny_qwen2)
+    (part / "settings.json").write_text((tmp_path / "full" / "settings.json").read_text())
+    resumed = _run(traces, part, tiny_tok, tiny_qwen2)
     a = [json.loads(x) for x in (tmp_path / "full" / "shards" / "rank0-of-1.jsonl").read_text().splitlines()]
     b = [json.loads(x) for x in (part / "shards" / "rank0-of-1.jsonl").read_text().splitlines()]
     assert [r["id"] for r in b] == [r["id"] for r in a]  # nothing lost, nothing duplicated
     for x, y in zip(a, b):
         assert x["token_ig"] == y["token_ig"] and x["status"] == y["status"]
     assert resumed["attributed"] == full["attributed"]
-    merged = runner.load_attributions(part)
+    merged = load_attributions(part)
     assert list(merged) == [r["id"] for r in a] and merged["cut-off"]["status"] == "skipped"
     with pytest.raises(ValueError, match="other settings"):
-        _run(_args(traces, part, ig_steps=5), tiny_tok, tiny_qwen2)
+        _run(traces, part, tiny_tok, tiny_qwen2, ig_steps=5)
+    _run(traces, part, tiny_tok, tiny_qwen2, ig_internal_batch=1)  # how a run goes is not part of its settings
 
 
 @pytest.fixture(scope="module")
@@ -70,17 +78,14 @@ def attributed(tmp_path_factory, tiny_tok, tiny_qwen2):
     recs = synthetic.generate(8, seed=9)
     path = synthetic.write_jsonl(recs, tmp_path_factory.mktemp("labels") / "t.jsonl")
     out = path.parent / "attr"
-    args = SelectiveArguments(traces=str(path), ig_steps=6, attribution_dir=str(out))
-    runner.run(args, ModelConfig(model_name_or_path="tiny-qwen2"), model=tiny_qwen2, tokenizer=tiny_tok)
-    return recs, runner.load_attributions(out)
-
-
-PARAMS = {"tau": 0.7, "beta": 0.8, "token_ratio": 0.45, "seed": 0}
+    runner.run(TracesArguments(traces=str(path)), AttributionArguments(ig_steps=6, attribution_dir=str(out)),
+               ModelConfig(model_name_or_path="tiny-qwen2"), recs, model=tiny_qwen2, tokenizer=tiny_tok)
+    return recs, load_attributions(out)
 
 
 def test_mask_labels_follow_segments(attributed, tiny_tok):
     recs, attrs = attributed
-    rows, summary = build_labels(tiny_tok, recs, attrs, "paper", PARAMS)
+    rows, summary = _labels(tiny_tok, recs, attrs, "paper")
     assert summary.records_out == len(recs) and 0 < summary.to_dict()["pct_tokens_selected"] < 100
     for rec, row in zip(recs, rows):
         pt = training_text(tiny_tok, rec.question, rec.trace)
@@ -97,8 +102,8 @@ def test_mask_labels_follow_segments(attributed, tiny_tok):
 
 def test_prune_removes_unselected_text(attributed, tiny_tok):
     recs, attrs = attributed
-    masked, _ = build_labels(tiny_tok, recs, attrs, "paper", PARAMS, mode="mask")
-    pruned, _ = build_labels(tiny_tok, recs, attrs, "paper", PARAMS, mode="prune")
+    masked, _ = _labels(tiny_tok, recs, attrs, "paper", mode="mask")
+    pruned, _ = _labels(tiny_tok, recs, attrs, "paper", mode="prune")
     some_removed = False
     for rec, m, p in zip(recs, masked, pruned):
         segs = split_segments(rec.trace)
@@ -109,12 +114,12 @@ def test_prune_removes_unselected_text(attributed, tiny_tok):
         assert all(x == IGNORE for x in p["labels"][:n_prompt]) and all(x != IGNORE for x in p["labels"][n_prompt:])
     assert some_removed
     with pytest.raises(ValueError, match="cannot prune"):
-        build_labels(tiny_tok, recs, attrs, "high_abs_ig_tokens", PARAMS, mode="prune")
+        _labels(tiny_tok, recs, attrs, "high_abs_ig_tokens", mode="prune")
 
 
 def test_token_level_selection_maps_by_characters(attributed, tiny_tok):
     recs, attrs = attributed
-    rows, summary = build_labels(tiny_tok, recs, attrs, "high_abs_ig_tokens", PARAMS)
+    rows, summary = _labels(tiny_tok, recs, attrs, "high_abs_ig_tokens")
     for rec, row in zip(recs, rows):
         a = attrs[rec.id]
         seg = np.asarray(a["token_segment"])
@@ -126,14 +131,14 @@ def test_token_level_selection_maps_by_characters(attributed, tiny_tok):
 
 def test_truncation_aligned_and_empty_records_dropped(attributed, tiny_tok):
     recs, attrs = attributed
-    full, _ = build_labels(tiny_tok, recs, attrs, "paper", PARAMS)
+    full, _ = _labels(tiny_tok, recs, attrs, "paper")
     n_prompt = min(row["labels"].index(next(x for x in row["labels"] if x != IGNORE)) for row in full)
     cut = n_prompt  # every record's prompt is at least this long: nothing trained survives
-    rows, summary = build_labels(tiny_tok, recs, attrs, "paper", PARAMS, max_length=cut)
+    rows, summary = _labels(tiny_tok, recs, attrs, "paper", max_length=cut)
     first = [r for r in full if next(i for i, x in enumerate(r["labels"]) if x != IGNORE) == n_prompt]
     assert summary.dropped["no trained token (after truncation to max_length)"] == len(recs) - len(rows)
     assert len(rows) == 0 and len(first) >= 1
-    rows, summary = build_labels(tiny_tok, recs, attrs, "paper", PARAMS, max_length=n_prompt + 5)
+    rows, summary = _labels(tiny_tok, recs, attrs, "paper", max_length=n_prompt + 5)
     assert summary.truncated == len(recs) and len(rows) >= 1
     by_id = {r["id"]: r for r in full}
     for r in rows:
@@ -146,7 +151,7 @@ def test_labels_dataset_byte_identical(attributed, tiny_tok, tmp_path):
 
     recs, attrs = attributed
     for name in ("a", "b"):
-        rows, summary = build_labels(tiny_tok, recs, attrs, "random_segments", PARAMS)
+        rows, summary = _labels(tiny_tok, recs, attrs, "random_segments")
         save_labels(rows, summary, tmp_path / name, parquet=True)
     arrows = sorted(p.name for p in (tmp_path / "a" / "dataset").glob("*.arrow"))
     assert arrows and all((tmp_path / "a" / "dataset" / f).read_bytes() == (tmp_path / "b" / "dataset" / f).read_bytes()
@@ -163,9 +168,9 @@ def test_report_plots_and_viewer(attributed, tiny_tok, tmp_path):
     from attribution.report import write_report
 
     recs, attrs = attributed
-    rows, summary = build_labels(tiny_tok, recs, attrs, "paper", PARAMS)
+    rows, summary = _labels(tiny_tok, recs, attrs, "paper")
     save_labels(rows, summary, tmp_path / "labels")
-    out = write_report(tmp_path / "labels", None, recs)
+    out = write_report(SelectionArguments(labels_dir=str(tmp_path / "labels")), None, recs)
     for name in ("cumulative.png", "strength_consistency.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     from attribution.report import write_viewer
@@ -186,12 +191,13 @@ def test_report_plots_and_viewer(attributed, tiny_tok, tmp_path):
 def test_feature_baselines_through_runner(tmp_path, tiny_tok, tiny_qwen2):
     recs = synthetic.generate(3, seed=13)
     path = synthetic.write_jsonl(recs, tmp_path / "t.jsonl")
-    args = SelectiveArguments(traces=str(path), ig_steps=2, attribution_dir=str(tmp_path / "a"),
-                              ig_features=["segment_entropy", "confidence_gain", "segment_perplexity"])
-    runner.run(args, ModelConfig(model_name_or_path="tiny-qwen2"), model=tiny_qwen2, tokenizer=tiny_tok)
-    attrs = runner.load_attributions(tmp_path / "a")
+    cfg = AttributionArguments(ig_steps=2, attribution_dir=str(tmp_path / "a"),
+                               ig_features=["segment_entropy", "confidence_gain", "segment_perplexity"])
+    runner.run(TracesArguments(traces=str(path)), cfg, ModelConfig(model_name_or_path="tiny-qwen2"), recs,
+               model=tiny_qwen2, tokenizer=tiny_tok)
+    attrs = load_attributions(tmp_path / "a")
     for selector in ("segment_entropy", "confidence_gain", "segment_perplexity"):
-        rows, summary = build_labels(tiny_tok, recs, attrs, selector, {"token_ratio": 0.5})
+        rows, summary = _labels(tiny_tok, recs, attrs, selector, token_ratio=0.5)
         assert summary.records_out == 3 and summary.to_dict()["pct_tokens_selected"] >= 50
         for rec, row in zip(recs, rows):
             assert len(attrs[rec.id]["features"][selector]) == len(row["selected"]) and row["selected"][0]

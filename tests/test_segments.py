@@ -1,7 +1,8 @@
 """Segmentation on keywords: exact reconstruction, keyword opens its segment, keyword sets."""
 import pytest
 
-from attribution.segments import FINE_KEYWORDS, PAPER_KEYWORDS, split_segments
+from attribution.segments import split_segments
+from common.config import KEYWORD_SETS
 from data import synthetic
 
 TRACE = "Start here.\n\nWait, check.\n\nHmm, odd.\n\nButter is not a keyword.\n\nBut wait, again.\n\nAnother try."
@@ -18,7 +19,7 @@ def test_paper_split_and_join():
 def test_fine_split_adds_hmm_but_not_butter():
     segs = split_segments(TRACE, "fine")
     assert [s.keyword for s in segs] == [None, "Wait", "Hmm", "But wait", "Another"]
-    assert set(PAPER_KEYWORDS) < set(FINE_KEYWORDS)
+    assert set(KEYWORD_SETS["paper"]) < set(KEYWORD_SETS["fine"])
 
 
 def test_user_list_and_errors():

@@ -2,8 +2,8 @@
 import json
 
 from data.records import Record
-from data.self_generate import self_generate, split_response
 from eval.grading import Grader
+from eval.self_generate import self_generate, split_response
 
 
 class FakeGenerator:

@@ -8,15 +8,19 @@ import torch
 from transformers import TrainerCallback
 from trl import ModelConfig, SFTConfig
 
-from attribution.labels import IGNORE, build_labels, save_labels
+from attribution.labels import build_labels
+from attribution.labels_dataset import IGNORE, save_labels
+from common.config import SelectionArguments, TrainingArguments
+from common.recipe import make_recipe
 from data import synthetic
-from selective_sft.config import SelectiveArguments
-from selective_sft.train import load_labels_dataset, train
+from selective_sft.train import train
+
+FIRST_CORRECT = SelectionArguments(selector="first_correct_solution")
 
 
 def _labels(tmp_path_factory, tok, n):
     """Labels that mask the segments after the first one stating the answer (a deterministic selection)."""
-    rows, summary = build_labels(tok, synthetic.generate(n, seed=21), None, "first_correct_solution", {})
+    rows, summary = build_labels(tok, synthetic.generate(n, seed=21), None, FIRST_CORRECT, "paper")
     out = tmp_path_factory.mktemp("labels")
     save_labels(rows, summary, out)
     return out
@@ -40,8 +44,10 @@ def _config(tmp_path, **kw):
     return SFTConfig(**{**base, **kw})
 
 
-def _args(labels_dir, **kw):
-    return SelectiveArguments(labels_dir=str(labels_dir), use_unsloth="false", **kw)
+def _recipe(labels_dir, sft):
+    """Train the tiny Qwen2 on ``labels_dir`` with TRL settings ``sft`` (plain transformers)."""
+    return make_recipe(sft, ModelConfig(model_name_or_path="tiny-qwen2"), training=TrainingArguments(use_unsloth="false"),
+                       selection=SelectionArguments(labels_dir=str(labels_dir)))
 
 
 class Grab(TrainerCallback):
@@ -60,11 +66,11 @@ def test_loss_is_eq9_over_accumulation(two_labels_dir, tmp_path, tiny_tok):
     ds = datasets.load_from_disk(str(two_labels_dir / "dataset"))
     assert len(set(sum(1 for x in ex["labels"] if x != IGNORE) for ex in ds)) == 2  # unequal counts matter
     grab = Grab()
-    trainer = train(_args(two_labels_dir), _config(tmp_path, max_steps=1, learning_rate=0.0, max_grad_norm=0.0),
-                    ModelConfig(model_name_or_path="tiny-qwen2"), callbacks=[grab])
+    trainer = train(_recipe(two_labels_dir, _config(tmp_path, max_steps=1, learning_rate=0.0, max_grad_norm=0.0)),
+                    callbacks=[grab])
     # hand computation on a fresh copy of the same initial model: mean NLL over ALL selected tokens of the
     # two micro-batches (not the mean of the two per-example means)
-    from selective_sft.modeling import load_model
+    from common.modeling import load_model
 
     model = load_model(ModelConfig(model_name_or_path="tiny-qwen2"))
     nll_sum, n_sel = 0.0, 0
@@ -86,7 +92,7 @@ def test_loss_is_eq9_over_accumulation(two_labels_dir, tmp_path, tiny_tok):
 def test_masked_tokens_get_no_gradient(tiny_tok, tiny_qwen2):
     """Changing the targets at -100 positions changes neither loss nor gradient (any token id there)."""
     rec = synthetic.generate(1, seed=2)[0]
-    rows, _ = build_labels(tiny_tok, [rec], None, "first_correct_solution", {})
+    rows, _ = build_labels(tiny_tok, [rec], None, FIRST_CORRECT, "paper")
     ids = torch.tensor([rows[0]["input_ids"]])
     labels = torch.tensor([rows[0]["labels"]])
     assert (labels == IGNORE).any() and (labels != IGNORE).any()
@@ -114,9 +120,8 @@ def test_masked_tokens_get_no_gradient(tiny_tok, tiny_qwen2):
 
 
 def test_few_steps_lower_selected_loss(labels_dir, tmp_path):
-    trainer = train(_args(labels_dir), _config(tmp_path, num_train_epochs=3, learning_rate=3e-3,
-                                               gradient_accumulation_steps=1, per_device_train_batch_size=4),
-                    ModelConfig(model_name_or_path="tiny-qwen2"))
+    trainer = train(_recipe(labels_dir, _config(tmp_path, num_train_epochs=3, learning_rate=3e-3,
+                                                gradient_accumulation_steps=1, per_device_train_batch_size=4)))
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(losses) == 6 and losses[-1] < losses[0] - 0.3
     from transformers import AutoModelForCausalLM
@@ -138,12 +143,11 @@ class Kill(TrainerCallback):
 def test_resume_matches_uninterrupted(labels_dir, tmp_path):
     common = dict(num_train_epochs=2, per_device_train_batch_size=2, gradient_accumulation_steps=1,
                   save_strategy="steps", save_steps=3, shuffle_dataset=True)
-    model_args = ModelConfig(model_name_or_path="tiny-qwen2")
-    whole = train(_args(labels_dir), _config(tmp_path / "a", **common), model_args)
+    whole = train(_recipe(labels_dir, _config(tmp_path / "a", **common)))
     with pytest.raises(KeyboardInterrupt):
-        train(_args(labels_dir), _config(tmp_path / "b", **common), model_args, callbacks=[Kill(3)])
+        train(_recipe(labels_dir, _config(tmp_path / "b", **common)), callbacks=[Kill(3)])
     assert (tmp_path / "b" / "out" / "checkpoint-3").exists()
-    resumed = train(_args(labels_dir), _config(tmp_path / "b", resume_from_checkpoint="true", **common), model_args)
+    resumed = train(_recipe(labels_dir, _config(tmp_path / "b", resume_from_checkpoint="true", **common)))
     assert resumed.state.global_step == whole.state.global_step == 8
     for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
@@ -159,4 +163,4 @@ def test_mismatched_tokenizer_refused(labels_dir, tmp_path):
     summary["tokenizer"]["vocab_size"] += 1
     (bad / "summary.json").write_text(json.dumps(summary))
     with pytest.raises(ValueError, match="another tokenizer"):
-        train(_args(bad), _config(tmp_path), ModelConfig(model_name_or_path="tiny-qwen2"))
+        train(_recipe(bad, _config(tmp_path)))

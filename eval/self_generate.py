@@ -1,7 +1,7 @@
 """Self-generated CoT (the paper's data construction): sample N answers per training question, grade
 them, keep the shortest correct one as the trace (and the shortest incorrect one, for analysis).
 
-    python -m data.self_generate --model deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B --questions GAIR/LIMO \\
+    python -m eval.self_generate --model deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B --questions GAIR/LIMO \\
         --n 32 --out runs/selfgen
 
 Resumable: one row per question in ``out/candidates.jsonl``. Questions with no correct candidate are
@@ -18,6 +18,10 @@ from data.prompts import render_prompt
 from data.records import Record, write_jsonl
 from data.store import JsonlStore
 
+from .generate import Sampling, make_generator
+from .grading import Grader
+from .run import answer_and_grade
+
 
 def split_response(text: str) -> tuple[str, str]:
     """(thinking trace, final part) of a generated response; no </think> means it is all trace."""
@@ -33,9 +37,6 @@ def shortest(cands: list[dict], correct: bool) -> dict | None:
 def self_generate(questions: list[Record], generate, grader, out_dir: str | Path, tokenizer, n: int = 32,
                   temperature: float = 0.6, max_new_tokens: int = 32768, batch_size: int = 8, seed: int = 0) -> dict:
     """``generate(prompts, Sampling) -> [[(text, n_tokens)] * n]``; ``grader.grade(tasks)`` as in eval.grading."""
-    from eval.generate import Sampling
-    from eval.run import answer_and_grade
-
     out = Path(out_dir)
     store = JsonlStore(out / "candidates.jsonl")
     todo = [q for q in questions if q.id not in store.done]
@@ -67,11 +68,9 @@ def self_generate(questions: list[Record], generate, grader, out_dir: str | Path
 
 
 def main(argv: list[str] | None = None) -> None:
-    from eval.generate import make_generator
-    from eval.grading import Grader
-    from selective_sft.modeling import load_tokenizer, resolve_model_path
+    from common.modeling import load_tokenizer, resolve_model_path
 
-    p = argparse.ArgumentParser(prog="python -m data.self_generate", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m eval.self_generate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True)
     p.add_argument("--questions", required=True, help="hub dataset or .jsonl/.json/.parquet with question and answer")

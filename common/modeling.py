@@ -1,4 +1,9 @@
-"""Load a tokenizer and a causal LM from a recipe: Unsloth on CUDA when installed, transformers otherwise."""
+"""Load a tokenizer and a causal LM by recipe name: the one loader of IG, training, evaluation and benchmarks.
+
+Unsloth on CUDA when installed and asked for, transformers otherwise. Offline names (``smollm2``,
+``tiny-qwen2``, ``tiny-llama``) resolve to models built by :mod:`common.assets`; anything else is a
+hub name or a path.
+"""
 from __future__ import annotations
 
 import importlib.util
@@ -28,6 +33,7 @@ def resolve_model_path(name: str) -> str:
 
 
 def load_tokenizer(name: str, chat_template: str | None = None, revision: str | None = None):
+    """The model's tokenizer; ``chat_template``: a .jinja file that replaces the tokenizer's template."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(resolve_model_path(name), revision=revision)
@@ -45,7 +51,8 @@ def _dtype(name: str | None):
 
 
 def load_model(model_args, use_unsloth: bool = False, max_seq_length: int | None = None, for_training: bool = True):
-    """The recipe's model. Unsloth: full fine-tuning unless ``use_peft`` (then its LoRA path)."""
+    """The recipe's model (``trl.ModelConfig``). Unsloth: full fine-tuning unless ``use_peft`` (then its
+    LoRA path). For inference (``for_training=False``) the model goes to the GPU when there is one."""
     path = resolve_model_path(model_args.model_name_or_path)
     if use_unsloth:
         from unsloth import FastLanguageModel  # import before trl so Unsloth can patch it
@@ -70,6 +77,13 @@ def load_model(model_args, use_unsloth: bool = False, max_seq_length: int | None
 
         kwargs["quantization_config"] = get_quantization_config(model_args)
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    if torch.cuda.is_available() and not for_training:
-        model = model.to("cuda")
+    if not for_training:
+        model = model.eval().to("cuda" if torch.cuda.is_available() else "cpu")
     return model
+
+
+def inference_model(name: str, dtype: str = "auto"):
+    """A model by name for generation or attribution, without a recipe (evaluation, benchmarks)."""
+    from trl import ModelConfig
+
+    return load_model(ModelConfig(model_name_or_path=name, dtype=dtype), for_training=False)

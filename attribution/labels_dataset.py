@@ -1,0 +1,97 @@
+"""The labels dataset, handed from selection to any trainer: its columns, summary and checks.
+
+    <labels_dir>/dataset/        Hugging Face dataset (save_to_disk): one row per trained record
+    <labels_dir>/labels.parquet  the same rows as one parquet file
+    <labels_dir>/summary.json    records in/out with drops by reason, shares trained, tokenizer signature
+
+Training columns: ``input_ids``, ``attention_mask``, ``labels`` (IGNORE on the prompt and on
+unselected segments). Segment metadata: id, segment_char_spans, segment_token_spans, strength,
+norm_strength, consistency, selected, selector, selector_params, mode, note.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+IGNORE = -100
+TRAIN_COLUMNS = ["input_ids", "attention_mask", "labels"]
+
+
+@dataclass
+class LabelSummary:
+    selector: str
+    mode: str
+    records_in: int = 0
+    records_out: int = 0
+    segments: int = 0
+    segments_selected: int = 0
+    trace_tokens: int = 0
+    trace_tokens_selected: int = 0
+    truncated: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    dropped_ids: dict = field(default_factory=dict)
+    tokenizer: dict = field(default_factory=dict)  # the signature training checks against the model's
+
+    def drop(self, rid: str, reason: str) -> None:
+        self.dropped[reason] += 1
+        self.dropped_ids.setdefault(reason, []).append(rid)
+
+    def to_dict(self) -> dict:
+        n = max(self.records_out, 1)
+        return {"selector": self.selector, "mode": self.mode, "records_in": self.records_in,
+                "records_out": self.records_out, "segments_per_trace": self.segments / n,
+                "pct_segments_selected": 100 * self.segments_selected / max(self.segments, 1),
+                "pct_tokens_selected": 100 * self.trace_tokens_selected / max(self.trace_tokens, 1),
+                "truncated": self.truncated, "dropped": dict(self.dropped), "dropped_ids": self.dropped_ids,
+                "tokenizer": self.tokenizer}
+
+    def table(self) -> str:
+        d = self.to_dict()
+        rows = [("selector", f"{self.selector} ({self.mode})"), ("records", f"{d['records_out']} of {d['records_in']}"),
+                ("segments per trace", f"{d['segments_per_trace']:.1f}"),
+                ("segments selected", f"{d['pct_segments_selected']:.1f}%"),
+                ("tokens selected", f"{d['pct_tokens_selected']:.1f}%"), ("truncated", str(self.truncated))]
+        rows += [(f"dropped: {why}", str(n)) for why, n in sorted(self.dropped.items())]
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def tokenizer_signature(tokenizer) -> dict:
+    """What a labels dataset must share with the model's tokenizer to be trained on."""
+    return {"vocab_size": len(tokenizer), "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id}
+
+
+def save_labels(rows: list[dict], summary: LabelSummary, out_dir: str | Path, parquet: bool = False) -> Path:
+    """``out_dir/dataset`` (save_to_disk), ``summary.json``, optionally ``labels.parquet``."""
+    import datasets
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ds = datasets.Dataset.from_list(rows)
+    ds.save_to_disk(str(out / "dataset"))
+    if parquet:
+        ds.to_parquet(str(out / "labels.parquet"))
+    (out / "summary.json").write_text(json.dumps(summary.to_dict(), indent=1))
+    return out
+
+
+def load_labels(labels_dir: str | Path, tokenizer=None):
+    """The labels dataset; with ``tokenizer``, refused when it was built with another tokenizer."""
+    import datasets
+
+    labels_dir = Path(labels_dir)
+    if not (labels_dir / "dataset").exists():
+        raise FileNotFoundError(f"{labels_dir}/dataset not found: build it with `python -m attribution labels --config ...`")
+    ds = datasets.load_from_disk(str(labels_dir / "dataset"))
+    missing = [c for c in TRAIN_COLUMNS if c not in ds.column_names]
+    if missing:
+        raise ValueError(f"{labels_dir}: labels dataset lacks columns {missing}")
+    summary_path = labels_dir / "summary.json"
+    stored = json.loads(summary_path.read_text()).get("tokenizer") if summary_path.exists() else None
+    if tokenizer is not None and stored is not None and stored != tokenizer_signature(tokenizer):
+        raise ValueError(f"{labels_dir} was tokenized with another tokenizer ({stored}) than this model's "
+                         f"({tokenizer_signature(tokenizer)}); rebuild the labels with this model's tokenizer")
+    return ds

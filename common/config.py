@@ -1,0 +1,207 @@
+"""The recipe language: one dataclass per stage, each holding the only copy of its defaults.
+
+A recipe is one flat YAML file; :func:`common.recipe.parse_recipe` reads it with one ``TrlParser``
+into these sections plus TRL's ``SFTConfig`` and ``ModelConfig``. Each section checks its own keys
+against the registries below (the names a recipe may use); the stages implement those names.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from typing import ClassVar
+
+# --- registries: the names a recipe may use -------------------------------------------------------
+
+# Transition keywords that open a segment (paper Sec. 3.1); "fine" adds three frequent openers.
+PAPER_KEYWORDS = (
+    "Wait", "Alternatively", "But wait", "But alternatively", "But just to", "However", "Not sure",
+    "Going back", "Backtrack", "Trace back", "Another",
+)
+KEYWORD_SETS = {"paper": PAPER_KEYWORDS, "fine": PAPER_KEYWORDS + ("But", "Hmm", "Hmmm")}
+
+IG_RULES = ("riemann_paper", "riemann_midpoint", "riemann_trapezoid", "gauss_legendre")
+IG_FEATURES = ("segment_perplexity", "segment_entropy", "confidence_gain")
+
+# selector -> what it reads from the attribution run: "ig" (token IG and segment scores), the
+# name of a per-segment feature (an ig_features entry), or None (the text alone). Each selector
+# declares the SelectionArguments it takes in its own signature (attribution.selection).
+SELECTORS: dict[str, str | None] = {
+    "paper": "ig",
+    "high_strength_segments": "ig",
+    "random_segments": "ig",
+    "high_abs_ig_tokens": "ig",
+    "high_ig_tokens": "ig",
+    "first_correct_solution": None,
+    "segment_perplexity": "segment_perplexity",
+    "segment_entropy": "segment_entropy",
+    "confidence_gain": "confidence_gain",
+    "all": None,
+}
+
+# The paper's forced answer (Sec. 3.1): the model is made to state the gold answer after the trace.
+ANSWER_SUFFIX = "</think> So, the final answer is \\boxed{{{answer}}}"
+
+
+def _one_of(section: str, key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"recipe key {key} ({section}): {value!r} is not one of {list(allowed)}")
+
+
+def fingerprint(*sections) -> dict:
+    """The settings that decide a stage's results: every field of ``sections`` except the ones a
+    section lists in ``RUN_ONLY`` (how a run goes, not what it computes). A resumed run must match
+    the fingerprint of the run it continues; a new key is part of it unless declared otherwise."""
+    return {f.name: getattr(s, f.name) for s in sections for f in fields(s) if f.name not in s.RUN_ONLY}
+
+
+# --- sections -------------------------------------------------------------------------------------
+
+@dataclass
+class RunArguments:
+    """Where a recipe's runs live; every stage folder derives from ``run_dir`` (common.recipe.RunPaths)."""
+
+    run_dir: str = field(default="runs", metadata={"help": "root of attribution/, labels/<name>/, models/<name>/, eval/"})
+
+
+@dataclass
+class TracesArguments:
+    """The traces the method learns from, and how they are segmented."""
+
+    RUN_ONLY: ClassVar[tuple[str, ...]] = ("on_bad",)
+
+    traces: str = field(default="GAIR/LIMO", metadata={"help": "hub dataset name, or a .jsonl/.json/.parquet path"})
+    traces_split: str = "train"
+    traces_fields: dict | str | None = field(default=None, metadata={"help": "our key -> source column, e.g. {trace: solution}"})
+    traces_chat: bool = field(default=False, metadata={"help": "responses are chat-formatted (<think>...</think>)"})
+    traces_limit: int | None = None
+    on_bad: str = field(default="raise", metadata={"help": "bad records: 'raise' (name them) or 'skip' (count them)"})
+    chat_template: str | None = field(default=None, metadata={"help": "path of a .jinja template to use instead of the tokenizer's"})
+    system_prompt: str | None = None
+    keywords: str = field(default="paper", metadata={"help": "'paper', 'fine', or a comma-separated list"})
+
+    def __post_init__(self):
+        if isinstance(self.traces_fields, str):
+            self.traces_fields = json.loads(self.traces_fields)
+        _one_of("traces", "on_bad", self.on_bad, ("raise", "skip"))
+        if self.keywords not in KEYWORD_SETS and not all(k.strip() for k in self.keywords.split(",")):
+            raise ValueError(f"recipe key keywords: {self.keywords!r} holds an empty keyword; use "
+                             f"{sorted(KEYWORD_SETS)} or a comma-separated list")
+
+    @property
+    def keyword_list(self) -> tuple[str, ...]:
+        """The keywords themselves (a named set, or the comma-separated list)."""
+        if self.keywords in KEYWORD_SETS:
+            return KEYWORD_SETS[self.keywords]
+        return tuple(k.strip().lstrip("\n") for k in self.keywords.split(","))
+
+
+@dataclass
+class AttributionArguments:
+    """Integrated gradients (paper eq. 2) and the model features of the non-IG baselines."""
+
+    RUN_ONLY: ClassVar[tuple[str, ...]] = ("ig_internal_batch", "ig_gradient_checkpointing", "ig_gap_warn", "attribution_dir")
+
+    # defaults from benchmarks/bench_attribution.py (README): the trace-only path, the paper's rule and J
+    ig_rule: str = field(default="riemann_paper", metadata={"help": " | ".join(IG_RULES)})
+    ig_steps: int = field(default=50, metadata={"help": "J, the number of points on the path (paper: 50)"})
+    ig_baseline: str = field(default="pad", metadata={"help": "'pad' (pad-token embedding, paper) or 'zeros'"})
+    ig_baseline_scope: str = field(default="trace", metadata={"help": "'trace' (trace tokens move) or 'all' (paper: every token)"})
+    ig_internal_batch: int = field(default=1, metadata={"help": "alpha points per forward; 1 is fastest on CPU (benchmark)"})
+    ig_gradient_checkpointing: bool = False
+    ig_answer_suffix: str = ANSWER_SUFFIX
+    ig_max_length: int = 16384
+    ig_gap_warn: float = field(default=0.1, metadata={"help": "warn for traces whose completeness gap exceeds this"})
+    ig_features: list[str] = field(default_factory=list, metadata={"help": "model features for baselines: " + ", ".join(IG_FEATURES)})
+    attribution_dir: str | None = field(default=None, metadata={"help": "default: <run_dir>/attribution"})
+
+    def __post_init__(self):
+        _one_of("attribution", "ig_rule", self.ig_rule, IG_RULES)
+        _one_of("attribution", "ig_baseline", self.ig_baseline, ("pad", "zeros"))
+        _one_of("attribution", "ig_baseline_scope", self.ig_baseline_scope, ("trace", "all"))
+        for name in self.ig_features:
+            _one_of("attribution", "ig_features", name, IG_FEATURES)
+        if self.ig_steps < 1 or self.ig_internal_batch < 1:
+            raise ValueError("recipe keys ig_steps and ig_internal_batch must be >= 1")
+
+
+@dataclass
+class SelectionArguments:
+    """Which segments are trained (paper eqs. 5-7, or a baseline) and how the labels are written."""
+
+    selector: str = field(default="paper", metadata={"help": " | ".join(SELECTORS)})
+    tau: float = 0.7
+    beta: float = 0.8
+    keep_second_last: bool = field(default=False, metadata={"help": "also keep the second-to-last segment (authors' code)"})
+    token_ratio: float = field(default=0.45, metadata={"help": "target token ratio of threshold-free baselines"})
+    segment_ratio: float | None = field(default=None, metadata={"help": "random_segments: share of segments (default: as many as paper)"})
+    selection_seed: int = 0
+    label_mode: str = field(default="mask", metadata={"help": "'mask' unselected segments, or 'prune' them from the text"})
+    labels_dir: str | None = field(default=None, metadata={"help": "default: <run_dir>/labels/<labels name>"})
+
+    def __post_init__(self):
+        _one_of("selection", "selector", self.selector, SELECTORS)
+        _one_of("selection", "label_mode", self.label_mode, ("mask", "prune"))
+
+    @property
+    def labels_name(self) -> str:
+        """The name of these labels under <run_dir>/labels/ and of the model trained on them."""
+        return self.selector + ("_prune" if self.label_mode == "prune" else "")
+
+
+@dataclass
+class TrainingArguments:
+    """This repo's training keys beside TRL's SFTConfig: the backend and the two-stage schedule."""
+
+    use_unsloth: str = field(default="auto", metadata={"help": "'auto' (on CUDA when installed), 'true', 'false'"})
+    first_stage_epochs: float = field(default=0.0, metadata={"help": "two-stage: epochs of full-CoT SFT before the selective stage"})
+    first_stage_learning_rate: float | None = None
+    first_stage_labels_dir: str | None = field(default=None, metadata={"help": "default: <run_dir>/labels/all"})
+
+    def __post_init__(self):
+        self.use_unsloth = str(self.use_unsloth).lower()
+        _one_of("training", "use_unsloth", self.use_unsloth, ("auto", "true", "false"))
+
+    @property
+    def two_stage(self) -> bool:
+        return self.first_stage_epochs > 0
+
+
+@dataclass
+class EvalArguments:
+    """Benchmarks and decoding for ``python -m eval --config`` and the quickstart."""
+
+    eval_benchmarks: list[str] = field(default_factory=lambda: ["math500", "aime24", "amc23", "gpqa_diamond",
+                                                                "minerva_math", "olympiadbench"])
+    eval_data_dir: str | None = field(default=None, metadata={"help": "local root with <benchmark>/test.jsonl; default: the hub"})
+    eval_max_new_tokens: int = 32768
+    eval_greedy: bool = field(default=True, metadata={"help": "greedy decoding (accuracy)"})
+    eval_samples: int = field(default=0, metadata={"help": "sampled answers per question at t=0.6 (-1: the paper's n)"})
+    eval_limit: int | None = None
+    eval_batch_size: int = 8
+    eval_backend: str = "auto"
+    eval_seed: int = 0
+    eval_dir: str | None = field(default=None, metadata={"help": "default: <run_dir>/eval"})
+
+    def __post_init__(self):
+        if isinstance(self.eval_benchmarks, str):
+            self.eval_benchmarks = self.eval_benchmarks.split(",")
+        _one_of("eval", "eval_backend", self.eval_backend, ("auto", "hf", "vllm"))
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        return (("greedy",) if self.eval_greedy else ()) + (("sample",) if self.eval_samples else ())
+
+    @property
+    def n_samples(self) -> int | None:
+        """Samples per question; None: the paper's n for each benchmark."""
+        return None if self.eval_samples == -1 else self.eval_samples
+
+    def benchmark_files(self) -> dict[str, str | None]:
+        """benchmark -> local jsonl (under eval_data_dir), or None to load it from the hub."""
+        from pathlib import Path
+
+        return {b: str(Path(self.eval_data_dir) / b / "test.jsonl") if self.eval_data_dir else None
+                for b in self.eval_benchmarks}
+
+
+SECTIONS = (RunArguments, TracesArguments, AttributionArguments, SelectionArguments, TrainingArguments, EvalArguments)
