@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 COMMANDS = ("ig", "labels", "report")
 
@@ -33,10 +34,12 @@ def main(argv: list[str] | None = None) -> None:
         from .attributions import load_attributions
         from .labels import write_labels
 
-        tok = load_tokenizer(r.model.model_name_or_path, r.traces.chat_template)
+        tok = load_tokenizer(r.model.model_name_or_path, r.traces.chat_template, r.training.think_tokens)
+        # with an attribution run every selector (full CoT too) drops the records it skipped: same records
         needed = SELECTORS[r.selection.selector] is not None
-        attributions = load_attributions(r.attribution.attribution_dir) if needed else None
-        write_labels(tok, records, attributions, r.traces, r.selection, r.sft.max_length)
+        ran = (Path(r.attribution.attribution_dir) / "attributions").exists()
+        attributions = load_attributions(r.attribution.attribution_dir) if needed or ran else None
+        write_labels(tok, records, attributions, r.traces, r.selection, r.sft.max_length, r.training.think_prefix)
     else:
         from .report import write_report
 

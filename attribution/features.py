@@ -2,9 +2,10 @@
 
 - ``segment_perplexity``: how much removing the segment raises the perplexity of the rest of the trace.
 - ``segment_entropy``: mean predictive entropy over the segment's tokens.
-- ``confidence_gain``: the rise of the forced-answer log-prob when the segment is appended to the
-  trace prefix before it. The paper estimates confidence from 32 sampled answers; this is the
-  deterministic counterpart (one forward per prefix), the same target IG explains.
+- ``confidence_gain``: the rise of the answer confidence when the segment is appended to the trace
+  prefix before it. Confidence is, by default, the forced-answer log-prob (one forward per prefix,
+  the target IG explains); with ``samples`` = M > 0 it is the paper's estimate (Sec. 3.1): the share
+  of M answers sampled at t = 0.6 after the forced prefix that state the gold answer.
 """
 from __future__ import annotations
 
@@ -29,10 +30,27 @@ def _scored_tokens(model, tokenizer, text: str, start: int) -> tuple[np.ndarray,
     return offsets[keep, 0], target.cpu().numpy()[keep - 1], entropy.cpu().numpy()[keep - 1]
 
 
+@torch.no_grad()
+def sampled_confidence(model, tokenizer, head: str, answer: str, samples: int, seed: int) -> float:
+    """Share of ``samples`` completions of ``head`` (ending in the forced "\\boxed{") at t = 0.6 whose
+    boxed content, up to its closing brace, is the gold answer (whitespace aside)."""
+    device = next(model.parameters()).device
+    ids = torch.tensor([tokenizer(head, add_special_tokens=False)["input_ids"]], device=device)
+    n_answer = len(tokenizer(answer + "}", add_special_tokens=False)["input_ids"])
+    torch.manual_seed(seed)
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=0.6, top_p=1.0, top_k=0,
+                         max_new_tokens=n_answer + 4, num_return_sequences=samples,
+                         pad_token_id=tokenizer.pad_token_id)
+    gold = "".join(answer.split())
+    texts = tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+    return float(np.mean(["".join(t.split("}", 1)[0].split()) == gold and "}" in t for t in texts]))
+
+
 def segment_features(model, tokenizer, prompt: str, segment_texts: list[str], answer: str | None,
-                     names, suffix: str) -> dict[str, np.ndarray]:
+                     names, suffix: str, confidence_samples: int = 0, seed: int = 0) -> dict[str, np.ndarray]:
     """The requested features (``ig_features``), each a (K,) array over the trace's segments;
-    ``suffix`` is the forced answer (``ig_answer_suffix``)."""
+    ``suffix`` is the forced answer (``ig_answer_suffix``); ``confidence_samples`` > 0 estimates the
+    confidence of ``confidence_gain`` from that many sampled answers (seeded by ``seed``)."""
     unknown = set(names) - set(IG_FEATURES)
     if unknown:
         raise ValueError(f"unknown features {sorted(unknown)}; use {IG_FEATURES}")
@@ -56,11 +74,14 @@ def segment_features(model, tokenizer, prompt: str, segment_texts: list[str], an
             raise ValueError("confidence_gain needs the gold answer")
         tail = suffix.format(answer=answer)
 
-        def answer_logprob(texts: list[str]) -> float:
+        def confidence(texts: list[str]) -> float:
             head = prompt + "".join(texts)
+            if confidence_samples:
+                forced = tail[: tail.rfind(answer)]  # "</think> So, the final answer is \\boxed{"
+                return sampled_confidence(model, tokenizer, head + forced, answer, confidence_samples, seed + len(texts))
             _, lp, _ = _scored_tokens(model, tokenizer, head + tail, len(head) + tail.rfind(answer))
             return float(lp.sum())  # the answer's tokens and what follows them in the suffix
 
-        scores = [answer_logprob(segment_texts[:k]) for k in range(K + 1)]
+        scores = [confidence(segment_texts[:k]) for k in range(K + 1)]
         out["confidence_gain"] = np.diff(scores)
     return out

@@ -1,6 +1,7 @@
 """Integrated gradients on input embeddings, target = summed log-prob of the gold answer (Sec. 3.1).
 
-IG_t = sum_h (x_th - x'_th) * sum_j w_j dF/dx_th (x' + a_j (x - x'))          (paper eq. 2)
+IG_t = sum_h (x_th - x'_th) * sum_j w_j dF/dx_th (x' + a_j (x - x'))
+(paper eq. 2: a_j = j/J, j = 1..J, w_j = 1/J, the rule ``riemann_right``)
 
 Lean by construction: parameters get no gradient, only the interpolated embeddings do; logits are
 computed only at the positions that predict answer tokens (never a length x vocab matrix); the
@@ -21,9 +22,11 @@ from common.config import IG_RULES
 
 def integration_points(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
     """Alphas in [0, 1] and their weights for a quadrature rule with ``steps`` points."""
-    if steps < 1 or (rule in ("riemann_paper", "riemann_trapezoid") and steps < 2):
+    if steps < 1 or (rule in ("riemann_linspace", "riemann_trapezoid") and steps < 2):
         raise ValueError(f"rule {rule!r} needs more points than {steps}")
-    if rule == "riemann_paper":  # the paper's: J points linspace(0, 1, J), equal weights 1/J
+    if rule == "riemann_right":  # eq. 2: a_j = j/J, j = 1..J, weights 1/J
+        return np.arange(1, steps + 1) / steps, np.full(steps, 1.0 / steps)
+    if rule == "riemann_linspace":  # the released code: linspace(0, 1, J), weights 1/J
         return np.linspace(0.0, 1.0, steps), np.full(steps, 1.0 / steps)
     if rule == "riemann_midpoint":
         return (np.arange(steps) + 0.5) / steps, np.full(steps, 1.0 / steps)

@@ -1,11 +1,15 @@
 """Selection -> the labels dataset the trainer consumes (paper eq. 8-9 supervision).
 
 For each record: take its segments (from its attribution row when there is one), run the recipe's
-selector, tokenize the training text (prompt + trace + EOS) once, and set ``labels`` = ``input_ids``
-on selected trace tokens and the final EOS, IGNORE on the prompt and unselected segments.
-``label_mode: prune`` removes unselected segments from the text instead. Records with no trained
-token left after truncation are dropped and counted (they would make the loss NaN), never passed on.
-attribution.labels_dataset owns the files.
+selector, tokenize the training text (prompt + trace + completion + EOS) once with the trained model's
+tokenizer, and set ``labels`` = ``input_ids`` on selected trace tokens and on the tail (the completion:
+``</think>`` and the final answer, and EOS), IGNORE on the prompt and unselected segments. Selections
+carry over as characters, so the attribution model may tokenize differently from the trained one.
+``label_mode: prune`` removes unselected segments from the text instead.
+
+Every method drops the same records: with an attribution run, each record it skipped (over length,
+no answer) is dropped for every selector, full CoT included; records with no trained token left after
+truncation are dropped too (they would make the loss NaN). attribution.labels_dataset owns the files.
 """
 from __future__ import annotations
 
@@ -24,14 +28,27 @@ from .segments import segments_from_spans, split_segments
 from .selection import select, selector_params, trace_view
 
 
+def selected_chars(attribution: dict, token_selected: np.ndarray, trace_len: int) -> np.ndarray:
+    """(trace_len,) bool: the trace characters covered by the selected tokens of an attribution row
+    (a token spans from its first character to the next token's)."""
+    seg = np.asarray(attribution["token_segment"])
+    starts = np.asarray(attribution["token_start"]) - attribution["trace_start"]
+    inside = np.flatnonzero(seg >= 0)
+    ends = np.r_[starts[inside[1:]], trace_len]
+    chars = np.zeros(trace_len, dtype=bool)
+    for a, b in zip(starts[inside][token_selected[inside]], ends[token_selected[inside]]):
+        chars[max(a, 0) : b] = True
+    return chars
+
+
 def label_record(tokenizer, rec: Record, spans: list[list[int]], attribution: dict | None, cfg: SelectionArguments,
-                 system: str | None = None) -> dict:
+                 system: str | None = None, think_prefix: str = "") -> dict:
     """One labelled example with its segment metadata (before truncation)."""
     segs = segments_from_spans(rec.trace, spans)
-    view = trace_view(rec.id, rec.trace, rec.answer, spans, attribution)
+    view = trace_view(rec.id, rec.trace, rec.answer, spans, attribution, cfg.strength_aggregation)
     sel = select(view, cfg)
     seg_sel = sel.segment_selected
-    pt = training_text(tokenizer, rec.question, rec.trace, system)
+    pt = training_text(tokenizer, rec.question, rec.trace, rec.completion, system, think_prefix)
     al = align(tokenizer, pt, segs)
     inside = al.token_segment >= 0
     n_trace = int(inside.sum())
@@ -39,18 +56,18 @@ def label_record(tokenizer, rec: Record, spans: list[list[int]], attribution: di
         if seg_sel is None:
             raise ValueError(f"selector {cfg.selector!r} selects tokens, not segments: it cannot prune; use label_mode: mask")
         kept = "".join(s.text for s, keep in zip(segs, seg_sel) if keep)
-        pt = training_text(tokenizer, rec.question, kept, system)
+        pt = training_text(tokenizer, rec.question, kept, rec.completion, system, think_prefix)
         # only prompt vs the rest matters here: everything after the prompt is trained
         al = align(tokenizer, pt, segments_from_spans(kept, [[0, len(kept)]]))
         trained = al.token_segment != PROMPT
         token_spans = []  # the pruned text has other segments; spans refer to the full text only in mask mode
     else:
-        trained = al.token_segment == TAIL  # the final EOS is always learned
+        trained = al.token_segment == TAIL  # the completion and the final EOS are always learned
         if seg_sel is not None:
             trained[inside] = seg_sel[al.token_segment[inside]]
-        else:  # token-level selection: same prompt, so tokens match by their first character
-            starts = np.asarray(attribution["token_start"])[sel.token_selected]
-            trained[inside] = np.isin(al.offsets[inside, 0], starts)
+        else:  # token-level selection: a training token is trained when its first character was selected
+            chars = selected_chars(attribution, sel.token_selected, len(rec.trace))
+            trained[inside] = chars[al.offsets[inside, 0] - pt.trace_start]
         token_spans = [[int(a), int(b)] for a, b in al.segment_token_spans()]
     ids = al.input_ids
     labels = np.where(trained, ids, IGNORE)
@@ -71,19 +88,20 @@ def label_record(tokenizer, rec: Record, spans: list[list[int]], attribution: di
 
 
 def build_labels(tokenizer, records: list[Record], attributions: dict[str, dict] | None, cfg: SelectionArguments,
-                 keywords, max_length: int | None = None, system: str | None = None):
+                 traces: TracesArguments, max_length: int | None = None, think_prefix: str = ""):
     """(rows, LabelSummary) for all records; see the module docstring for what is dropped and why.
-    ``keywords`` segments the records that have no attribution row (text-level selectors)."""
+    Without an attribution run (text-level selectors only) records are segmented with the traces' keywords."""
     summary = LabelSummary(cfg.selector, cfg.label_mode, records_in=len(records), tokenizer=tokenizer_signature(tokenizer))
-    needs_attr = SELECTORS[cfg.selector] is not None
+    if attributions is None and SELECTORS[cfg.selector] is not None:
+        raise ValueError(f"selector {cfg.selector!r} needs the attribution run; run `python -m attribution ig` first")
     rows = []
     for rec in records:
-        attr = (attributions or {}).get(rec.id)
-        if needs_attr and (attr is None or attr["status"] != "ok"):
+        attr = None if attributions is None else attributions.get(rec.id)
+        if attributions is not None and (attr is None or attr["status"] != "ok"):
             summary.drop(rec.id, f"no attribution ({attr['reason'] if attr else 'not in the attribution run'})")
             continue
-        spans = attr["segments"] if attr else [[s.start, s.end] for s in split_segments(rec.trace, keywords)]
-        row = label_record(tokenizer, rec, spans, attr if attr and attr["status"] == "ok" else None, cfg, system)
+        spans = attr["segments"] if attr else [[s.start, s.end] for s in split_segments(rec.trace, traces.keyword_list)]
+        row = label_record(tokenizer, rec, spans, attr, cfg, traces.system_prompt, think_prefix)
         if max_length is not None and len(row["labels"]) > max_length:
             summary.truncated += 1
             for key in ("input_ids", "attention_mask", "labels"):
@@ -101,10 +119,9 @@ def build_labels(tokenizer, records: list[Record], attributions: dict[str, dict]
 
 
 def write_labels(tokenizer, records: list[Record], attributions: dict[str, dict] | None, traces: TracesArguments,
-                 cfg: SelectionArguments, max_length: int | None) -> LabelSummary:
+                 cfg: SelectionArguments, max_length: int | None, think_prefix: str = "") -> LabelSummary:
     """Labels as the recipe's sections ask for them, saved to ``cfg.labels_dir`` and summarised."""
-    rows, summary = build_labels(tokenizer, records, attributions, cfg, traces.keyword_list, max_length,
-                                 traces.system_prompt)
+    rows, summary = build_labels(tokenizer, records, attributions, cfg, traces, max_length, think_prefix)
     out = save_labels(rows, summary, cfg.labels_dir, parquet=True)
     print(summary.table())
     print(f"labels dataset: {Path(out) / 'dataset'}")

@@ -8,6 +8,8 @@ process merges them (attribution.attributions owns the files). Records that cann
 from __future__ import annotations
 
 import time
+import zlib
+from dataclasses import replace
 
 from common.config import AttributionArguments, TracesArguments
 from data.prompts import attribution_text
@@ -41,12 +43,18 @@ def attribute_record(model, tokenizer, rec: Record, traces: TracesArguments, cfg
                                gradient_checkpointing=cfg.ig_gradient_checkpointing)
     if cfg.ig_features:
         feats = segment_features(model, tokenizer, pt.prompt, [s.text for s in segs], rec.answer, cfg.ig_features,
-                                 cfg.ig_answer_suffix)
+                                 cfg.ig_answer_suffix, cfg.confidence_samples, zlib.crc32(rec.id.encode()))
         row["features"] = {k: v.tolist() for k, v in feats.items()}
     return {**row, "trace_start": pt.trace_start, "input_ids": al.input_ids.tolist(), "token_start": al.offsets[:, 0].tolist(),
             "token_segment": al.token_segment.tolist(), "token_ig": res.token_ig.tolist(),
             "f_input": res.f_input, "f_baseline": res.f_baseline, "completeness_gap": res.completeness_gap,
             "seconds": time.perf_counter() - t0}
+
+
+def attribution_model(cfg: AttributionArguments, model_args):
+    """The ModelConfig of the attribution model: the recipe's model, or ``attribution_model_name_or_path``
+    loaded with the recipe's dtype and attention settings."""
+    return replace(model_args, model_name_or_path=cfg.attribution_model_name_or_path or model_args.model_name_or_path)
 
 
 def run(traces: TracesArguments, cfg: AttributionArguments, model_args, records: list[Record],
@@ -60,16 +68,19 @@ def run(traces: TracesArguments, cfg: AttributionArguments, model_args, records:
 
     state = PartialState(cpu=not torch.cuda.is_available())  # cpu: several CPU processes join over gloo
     out = cfg.attribution_dir
+    attr_args = attribution_model(cfg, model_args)
+    # the recipe's chat template belongs to the trained model; another attribution model keeps its own
+    template = traces.chat_template if attr_args.model_name_or_path == model_args.model_name_or_path else None
     if state.is_main_process:
-        attributions.check_settings(out, traces, cfg, model_args.model_name_or_path)
+        attributions.check_settings(out, traces, cfg, attr_args.model_name_or_path)
     state.wait_for_everyone()
     store = attributions.shard(out, state.process_index, state.num_processes)
     mine = [r for i, r in enumerate(records) if i % state.num_processes == state.process_index]
     todo = [r for r in mine if r.id not in store.done]
     if todo:
-        tokenizer = tokenizer or load_tokenizer(model_args.model_name_or_path, traces.chat_template)
+        tokenizer = tokenizer or load_tokenizer(attr_args.model_name_or_path, template)
         if model is None:
-            model = load_model(model_args, for_training=False).to(state.device)
+            model = load_model(attr_args, for_training=False).to(state.device)
     tokens, t0 = 0, time.perf_counter()
     bar = tqdm(todo, desc=f"IG rank {state.process_index}", disable=not todo, initial=len(mine) - len(todo),
                total=len(mine))

@@ -5,14 +5,17 @@ For segment S with N tokens and token attributions IG_t:
   Consistency(S)  = |sum_t IG_t| / sum_t |IG_t|                (eq. 3)
   NormStrength(S) = Strength(S) / sum_S' Strength(S')          (eq. 4)
 
+Strength aggregation (App. C.4): ``sqrt_norm`` is eq. 3; ``sum`` is sum_t |IG_t|; ``top20_mean`` is the
+mean |IG| of the segment's top 20% tokens (at least one).
+
 Zero rule (no NaN): a segment with no tokens or all-zero attribution has strength 0 and
 consistency 1 (it carries no mixed evidence, so the consistency filter never keeps it on its own);
 when every segment of a trace has strength 0, all normalised strengths are 0.
 
 Every selector takes a :class:`TraceView` and the recipe parameters its signature names (keyword
 only, the values of common.config.SelectionArguments), and returns a :class:`Selection`: a token
-mask over the full text, plus a segment mask for segment-level selectors. The first and last
-segments are always kept.
+mask over the full text, plus a segment mask for segment-level selectors. Every selector keeps the
+first and last segments (paper App. C.4: "in deploying our method and all baselines").
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from typing import Callable
 
 import numpy as np
 
-from common.config import SELECTORS, SelectionArguments
+from common.config import SELECTORS, STRENGTH_AGGREGATIONS, SelectionArguments
 
 
 @dataclass
@@ -37,7 +40,17 @@ class SegmentScores:
     consistency: np.ndarray  # (K,) eq. 3
 
 
-def segment_scores(token_ig: np.ndarray, token_segment: np.ndarray, n_segments: int) -> SegmentScores:
+def _top20_mean(abs_ig: np.ndarray, seg: np.ndarray, n_segments: int) -> np.ndarray:
+    out = np.zeros(n_segments)
+    for k in range(n_segments):
+        v = np.sort(abs_ig[seg == k])[::-1]
+        if len(v):
+            out[k] = v[: max(1, int(np.ceil(0.2 * len(v))))].mean()
+    return out
+
+
+def segment_scores(token_ig: np.ndarray, token_segment: np.ndarray, n_segments: int,
+                   aggregation: str = "sqrt_norm") -> SegmentScores:
     """Scores of segments 0..n_segments-1; tokens with token_segment < 0 (prompt, tail) are ignored."""
     token_ig = np.asarray(token_ig, dtype=np.float64)
     token_segment = np.asarray(token_segment)
@@ -48,7 +61,14 @@ def segment_scores(token_ig: np.ndarray, token_segment: np.ndarray, n_segments: 
     n = np.bincount(seg, minlength=n_segments)[:n_segments]
     abs_sum = np.bincount(seg, weights=np.abs(ig), minlength=n_segments)[:n_segments]
     signed = np.bincount(seg, weights=ig, minlength=n_segments)[:n_segments]
-    strength = np.divide(abs_sum, np.sqrt(n), out=np.zeros(n_segments), where=n > 0)
+    if aggregation == "sqrt_norm":  # eq. 3
+        strength = np.divide(abs_sum, np.sqrt(n), out=np.zeros(n_segments), where=n > 0)
+    elif aggregation == "sum":
+        strength = abs_sum
+    elif aggregation == "top20_mean":
+        strength = _top20_mean(np.abs(ig), seg, n_segments)
+    else:
+        raise ValueError(f"unknown strength aggregation {aggregation!r}; use {STRENGTH_AGGREGATIONS}")
     total = strength.sum()
     norm = strength / total if total > 0 else np.zeros(n_segments)
     consistency = np.divide(np.abs(signed), abs_sum, out=np.ones(n_segments), where=abs_sum > 0)
@@ -72,15 +92,17 @@ class TraceView:
         return np.bincount(self.token_segment[inside], minlength=self.n_segments)[: self.n_segments]
 
 
-def trace_view(record_id: str, trace: str, answer: str | None, spans: list[list[int]], attribution: dict | None) -> TraceView:
+def trace_view(record_id: str, trace: str, answer: str | None, spans: list[list[int]], attribution: dict | None,
+               aggregation: str = "sqrt_norm") -> TraceView:
     """What a selector looks at: segment texts from their character spans, and, with an attribution
-    row, token IG, segment scores and features. Without one, only text-level selectors can run."""
+    row, token IG, segment scores (``aggregation``: strength_aggregation) and features. Without one,
+    only text-level selectors can run."""
     texts = [trace[a:b] for a, b in spans]
     if attribution is None:
         return TraceView(np.zeros(0, dtype=np.int64), len(spans), segment_texts=texts, answer=answer, record_id=record_id)
     token_segment = np.asarray(attribution["token_segment"], dtype=np.int64)
     token_ig = np.asarray(attribution["token_ig"], dtype=np.float64)
-    return TraceView(token_segment, len(spans), token_ig, segment_scores(token_ig, token_segment, len(spans)), texts,
+    return TraceView(token_segment, len(spans), token_ig, segment_scores(token_ig, token_segment, len(spans), aggregation), texts,
                      answer, {k: np.asarray(v) for k, v in attribution.get("features", {}).items()}, record_id)
 
 
@@ -140,11 +162,12 @@ def high_strength_segments(view: TraceView, *, tau: float, keep_second_last: boo
 
 def random_segments(view: TraceView, *, tau: float, beta: float, keep_second_last: bool, segment_ratio: float | None,
                     selection_seed: int) -> Selection:
-    """Random segments, seeded per record; as many as the paper's selector keeps (or segment_ratio)."""
+    """Random segments, seeded per record: segment_ratio of them (ends included), or, with
+    segment_ratio None, as many as the paper's selector keeps on that trace."""
     if segment_ratio is None:
         n_keep = int(paper(view, tau=tau, beta=beta, keep_second_last=keep_second_last).segment_selected.sum())
     else:
-        n_keep = max(1, round(segment_ratio * view.n_segments))
+        n_keep = round(segment_ratio * view.n_segments)
     keep = _ends(view.n_segments, keep_second_last)
     rng = np.random.default_rng([selection_seed, zlib.crc32(view.record_id.encode())])
     rest = rng.permutation(np.flatnonzero(~keep))[: max(n_keep - int(keep.sum()), 0)]
@@ -152,11 +175,12 @@ def random_segments(view: TraceView, *, tau: float, beta: float, keep_second_las
     return _from_segments(view, keep)
 
 
-def _top_tokens(view: TraceView, values: np.ndarray, token_ratio: float) -> Selection:
+def _top_tokens(view: TraceView, values: np.ndarray, token_ratio: float, keep_second_last: bool) -> Selection:
+    """The top token_ratio of trace tokens by ``values``, plus every token of the kept end segments."""
     inside = np.flatnonzero(view.token_segment >= 0)
     n = int(np.ceil(token_ratio * len(inside)))
     order = inside[np.argsort(-values[inside], kind="stable")][:n]
-    tokens = np.zeros(len(view.token_segment), dtype=bool)
+    tokens = _from_segments(view, _ends(view.n_segments, keep_second_last)).token_selected
     tokens[order] = True
     return Selection(tokens)
 
@@ -167,38 +191,52 @@ def _token_ig(view: TraceView) -> np.ndarray:
     return view.token_ig
 
 
-def high_abs_ig_tokens(view: TraceView, *, token_ratio: float) -> Selection:
-    """Token-level baseline: the top token_ratio of trace tokens by |IG|."""
-    return _top_tokens(view, np.abs(_token_ig(view)), token_ratio)
+def high_abs_ig_tokens(view: TraceView, *, token_ratio: float, keep_second_last: bool) -> Selection:
+    """Token-level baseline: the top token_ratio of trace tokens by |IG|, plus the end segments."""
+    return _top_tokens(view, np.abs(_token_ig(view)), token_ratio, keep_second_last)
 
 
-def high_ig_tokens(view: TraceView, *, token_ratio: float) -> Selection:
-    """Token-level baseline: the top token_ratio of trace tokens by signed IG."""
-    return _top_tokens(view, _token_ig(view), token_ratio)
+def high_ig_tokens(view: TraceView, *, token_ratio: float, keep_second_last: bool) -> Selection:
+    """Token-level baseline: the top token_ratio of trace tokens by signed IG, plus the end segments."""
+    return _top_tokens(view, _token_ig(view), token_ratio, keep_second_last)
 
 
-def first_correct_solution(view: TraceView) -> Selection:
-    """The first segment whose text states the gold answer, and every segment before it."""
+def states_answer(text: str, answer: str) -> bool:
+    """Whether ``text`` states ``answer`` as a result: a boxed value, or an "answer is / = / : ANSWER"
+    conclusion; a mere mention ("there are 5 cases" for answer 5) is not one."""
+    a = re.escape(answer.strip())
+    end = r"(?![\w]|\.\d)"  # "16" is not "160" or "16.5"
+    boxed = rf"\\boxed\{{\s*{a}\s*\}}"
+    conclusion = rf"\banswer\b[^.\n]{{0,40}}?(?:\bis\b|=|:)\s*\**\s*\$?\s*{a}{end}"
+    return re.search(f"{boxed}|{conclusion}", text, flags=re.IGNORECASE) is not None
+
+
+def first_correct_solution(view: TraceView, *, keep_second_last: bool) -> Selection:
+    """Every segment up to the first one that states the gold answer as a result, and the end segments."""
     if not view.answer:
         raise ValueError(f"record {view.record_id!r}: first_correct_solution needs the gold answer")
-    # the answer as a whole number/word: "16" must not match inside "160" or "2.16"
-    pattern = re.compile(rf"(?<![\w.]){re.escape(view.answer.strip())}(?![\w]|\.\d)")
+    ends = _ends(view.n_segments, keep_second_last)
     for k, text in enumerate(view.segment_texts):
-        if pattern.search(text):
-            return _from_segments(view, np.arange(view.n_segments) <= k)
+        if states_answer(text, view.answer):
+            return _from_segments(view, (np.arange(view.n_segments) <= k) | ends)
     return _from_segments(view, np.ones(view.n_segments, dtype=bool), note="answer never stated: kept all")
+
+
+def _feature(view: TraceView, name: str) -> np.ndarray:
+    if name not in view.features:
+        raise ValueError(f"record {view.record_id!r}: selector {name!r} needs the per-segment feature "
+                         f"{name!r}; add it to ig_features and rerun attribution")
+    return np.asarray(view.features[name], dtype=np.float64)
 
 
 def _by_feature(feature: str) -> Callable[..., Selection]:
     def select_by(view: TraceView, *, token_ratio: float, keep_second_last: bool) -> Selection:
-        if feature not in view.features:
-            raise ValueError(f"record {view.record_id!r}: selector {feature!r} needs the per-segment feature "
-                             f"{feature!r}; add it to ig_features and rerun attribution")
+        values = _feature(view, feature)
         # the ends, then segments by descending feature until >= token_ratio of trace tokens
         n_tok = view.segment_tokens
         keep = _ends(view.n_segments, keep_second_last)
         total = max(int(n_tok.sum()), 1)
-        for k in np.argsort(-np.asarray(view.features[feature], dtype=np.float64), kind="stable"):
+        for k in np.argsort(-values, kind="stable"):
             if n_tok[keep].sum() / total >= token_ratio:
                 break
             keep[k] = True
@@ -207,6 +245,11 @@ def _by_feature(feature: str) -> Callable[..., Selection]:
     select_by.__name__ = feature
     select_by.__doc__ = f"Segments by descending {feature} until token_ratio of trace tokens are kept."
     return select_by
+
+
+def confidence_gain(view: TraceView, *, keep_second_last: bool) -> Selection:
+    """The segments whose appending raises the answer confidence (gain > 0, paper Sec. 3.1), and the ends."""
+    return _from_segments(view, (_feature(view, "confidence_gain") > 0) | _ends(view.n_segments, keep_second_last))
 
 
 def all_tokens(view: TraceView) -> Selection:
@@ -224,7 +267,7 @@ IMPLEMENTATIONS: dict[str, Callable[..., Selection]] = {
     "first_correct_solution": first_correct_solution,
     "segment_perplexity": _by_feature("segment_perplexity"),
     "segment_entropy": _by_feature("segment_entropy"),
-    "confidence_gain": _by_feature("confidence_gain"),
+    "confidence_gain": confidence_gain,
     "all": all_tokens,
 }
 assert IMPLEMENTATIONS.keys() == SELECTORS.keys(), "every registered selector needs an implementation"

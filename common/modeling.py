@@ -32,13 +32,19 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
-def load_tokenizer(name: str, chat_template: str | None = None, revision: str | None = None):
-    """The model's tokenizer; ``chat_template``: a .jinja file that replaces the tokenizer's template."""
+THINK_TOKENS = ["<think>", "</think>"]
+
+
+def load_tokenizer(name: str, chat_template: str | None = None, think_tokens: bool = False, revision: str | None = None):
+    """The model's tokenizer; ``chat_template``: a .jinja file that replaces the tokenizer's template;
+    ``think_tokens``: add <think> and </think> as special tokens (instruct models, as the authors train them)."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(resolve_model_path(name), revision=revision)
     if chat_template:
         tok.chat_template = Path(chat_template).read_text(encoding="utf-8")
+    if think_tokens:
+        tok.add_special_tokens({"additional_special_tokens": THINK_TOKENS}, replace_extra_special_tokens=False)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

@@ -19,7 +19,7 @@ from .records import LoadReport, Record, RecordError, validated
 HUB_FIELDS: dict[str, dict[str, str]] = {
     "GAIR/LIMO": {"question": "question", "trace": "solution", "answer": "answer"},
 }
-DEFAULT_FIELDS = {"id": "id", "question": "question", "trace": "trace", "answer": "answer"}
+DEFAULT_FIELDS = {"id": "id", "question": "question", "trace": "trace", "answer": "answer", "completion": "completion"}
 CHAT_FIELDS = {"id": "question_id", "question": "question", "response": "full_response"}
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -48,7 +48,8 @@ _ANSWER_LINE = re.compile(r"\*{0,2}(?:final answer|answer)\*{0,2}\s*[:：]\s*\**
 
 
 def parse_chat_response(response: str, where: str = "record") -> dict[str, Any]:
-    """Split a chat-formatted response into prompt, thinking trace, final text and answer.
+    """Split a chat-formatted response into prompt, thinking trace, completion (the exact text after
+    the trace: ``</think>`` and the final part), final text and answer.
 
     The answer is the last ``\\boxed{}`` of the final text, else an ``Answer: X`` line, else None.
     """
@@ -61,14 +62,15 @@ def parse_chat_response(response: str, where: str = "record") -> dict[str, Any]:
         start += 1
     close_at = response.find(THINK_CLOSE, start)
     truncated = close_at < 0
-    trace = response[start:] if truncated else response[start:close_at]
+    trace = (response[start:] if truncated else response[start:close_at]).rstrip()
     final = "" if truncated else response[close_at + len(THINK_CLOSE) :].strip()
     answer = last_boxed(final) if final else None
     if answer is None and final:
         lines = _ANSWER_LINE.findall(final)
         answer = lines[-1].strip().strip("*").strip() if lines else None
-    return {"prompt": response[:open_at], "trace": trace.rstrip(), "final": final, "answer": answer or None,
-            "truncated": truncated}
+    completion = "" if truncated else response[start + len(trace):].rstrip()
+    return {"prompt": response[:open_at], "trace": trace, "completion": completion, "final": final,
+            "answer": answer or None, "truncated": truncated}
 
 
 def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
@@ -125,14 +127,15 @@ def iter_records(source: str, fields: dict[str, str] | None = None, split: str =
                 question = row.get(mapping["question"])
                 if question is None and "<｜User｜>" in parsed["prompt"]:
                     question = parsed["prompt"].split("<｜User｜>", 1)[1].split("<｜Assistant｜>", 1)[0]
-                meta.update(final=parsed["final"], truncated=parsed["truncated"])
-                rec = Record(rid, question, parsed["trace"], parsed["answer"], name, meta)
+                meta.update(truncated=parsed["truncated"])
+                rec = Record(rid, question, parsed["trace"], parsed["answer"], name, meta, parsed["completion"])
             else:
-                values = {k: row.get(mapping[k]) for k in ("question", "trace", "answer")}
+                values = {k: row.get(mapping[k]) for k in ("question", "trace", "answer", "completion")}
                 for k, v in values.items():
                     if v is not None and not isinstance(v, str):
                         values[k] = str(v)  # numeric answers (AMC: 27.0) become text
-                rec = Record(rid, values["question"], values["trace"], values["answer"], name, meta)
+                rec = Record(rid, values["question"], values["trace"], values["answer"], name, meta,
+                             values["completion"] or "")
         except RecordError as err:
             yield where, err
             continue

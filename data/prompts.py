@@ -1,7 +1,9 @@
 """Build the training / attribution text from a record and a tokenizer's chat template.
 
-Text = chat-template(user: question + INSTRUCTION, generation prompt) + trace + tail, where tail is
-the EOS token for training or the forced answer suffix for attribution. The template is rendered
+Text = chat-template(user: question + INSTRUCTION, generation prompt) + think prefix + trace + tail,
+where tail is the record's completion (``</think>`` and the final answer, when the trace had them)
+plus EOS for training, or the forced answer suffix for attribution. The think prefix (``<think>\n``)
+opens the thinking for models whose template does not (instruct models, as the authors train them). The template is rendered
 as text and tokenized later with ``add_special_tokens=False``: rendering already wrote the BOS, and
 tokenizing with special tokens on would add a second one (R1-Distill's tokenizer does).
 """
@@ -25,8 +27,9 @@ class PromptedText:
         return self.text[: self.trace_start]
 
 
-def render_prompt(tokenizer, question: str, system: str | None = None, instruction: str = INSTRUCTION) -> str:
-    """The chat-formatted prompt up to and including the generation prompt (as text)."""
+def render_prompt(tokenizer, question: str, system: str | None = None, instruction: str = INSTRUCTION,
+                  think_prefix: str = "") -> str:
+    """The chat-formatted prompt up to and including the generation prompt and ``think_prefix`` (as text)."""
     if not tokenizer.chat_template:
         raise ValueError(
             f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template; set one "
@@ -35,7 +38,7 @@ def render_prompt(tokenizer, question: str, system: str | None = None, instructi
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": question + instruction}
     ]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + think_prefix
 
 
 def build_text(prompt: str, trace: str, tail: str, answer: str | None = None) -> PromptedText:
@@ -50,18 +53,21 @@ def build_text(prompt: str, trace: str, tail: str, answer: str | None = None) ->
     return PromptedText(text, len(prompt), len(prompt) + len(trace), span)
 
 
-def training_text(tokenizer, question: str, trace: str, system: str | None = None) -> PromptedText:
-    """prompt + trace + EOS: what SFT learns from."""
+def training_text(tokenizer, question: str, trace: str, completion: str = "", system: str | None = None,
+                  think_prefix: str = "") -> PromptedText:
+    """prompt + trace + completion + EOS: what SFT learns from (the tail after the trace is always trained)."""
     if tokenizer.eos_token is None:
         raise ValueError("tokenizer has no eos_token; set one so the model learns to stop")
-    return build_text(render_prompt(tokenizer, question, system), trace, tokenizer.eos_token)
+    return build_text(render_prompt(tokenizer, question, system, think_prefix=think_prefix), trace,
+                      completion + tokenizer.eos_token)
 
 
 def attribution_text(tokenizer, question: str, trace: str, answer: str, suffix: str,
-                     system: str | None = None) -> PromptedText:
+                     system: str | None = None, think_prefix: str = "") -> PromptedText:
     """prompt + trace + forced answer ``suffix`` (``ig_answer_suffix``, with ``{answer}``): what integrated
     gradients explains (target = the answer)."""
-    return build_text(render_prompt(tokenizer, question, system), trace, suffix.format(answer=answer), answer)
+    return build_text(render_prompt(tokenizer, question, system, think_prefix=think_prefix), trace,
+                      suffix.format(answer=answer), answer)
 
 
 def load_template(path: str | Path) -> str:

@@ -1,7 +1,9 @@
 """The one record shape of the pipeline, and its validation.
 
-A record is ``{id, question, trace, answer, source}`` plus free ``meta``. ``trace`` is the reasoning
-text the model should learn, without chat tokens. Bad records raise :class:`RecordError` naming the
+A record is ``{id, question, trace, answer, source, completion}`` plus free ``meta``. ``trace`` is the
+reasoning text (the thinking) that is segmented and attributed, without chat tokens; ``completion``
+is the exact text that followed it in the response (``"\n</think>\n\nSo ... \\boxed{5}."``; empty
+for solution-style traces such as LIMO's), trained whole with the final EOS. Bad records raise :class:`RecordError` naming the
 record and the field, or (``on_bad="skip"``) are skipped and counted in a :class:`LoadReport`.
 """
 from __future__ import annotations
@@ -34,6 +36,7 @@ class Record:
     answer: str | None
     source: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    completion: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,10 +1,17 @@
-"""Accuracy metrics: greedy accuracy, pass@1 over samples, unbiased pass@k, lengths, macro averages."""
+"""Metrics and the table of the paper's Table 1: greedy accuracy, pass@k of samples, lengths, macro averages.
+
+Per benchmark, greedy decoding gives accuracy and its mean output length; sampling gives unbiased
+pass@k for every asked k up to the samples each question has, and the mean length over all samples
+(as the paper). The two decoding modes are never mixed in one number.
+"""
 from __future__ import annotations
 
 from collections import defaultdict
 from math import comb
 
 import numpy as np
+
+from .benchmarks import BENCHMARKS
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -14,63 +21,79 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 if n - c < k else 1.0 - comb(n - c, k) / comb(n, k)
 
 
-def summarize(rows: list[dict], ks: tuple[int, ...] = (1, 4, 8, 16, 32)) -> dict:
-    """Per benchmark: greedy accuracy, pass@1 / pass@k of samples, mean output tokens (all in %, tokens)."""
+def summarize(rows: list[dict], ks: tuple[int, ...] = (1, 6)) -> dict:
+    """Per benchmark: questions, greedy_acc and greedy_tokens; samples (n per question), pass@k for each
+    k <= n, sample_tokens; grading_timeouts. Accuracies in %, lengths in output tokens."""
     by = defaultdict(lambda: defaultdict(list))
     for r in rows:
         by[r["benchmark"]][(r["id"], r["mode"])].append(r)
     out = {}
-    for bench, groups in sorted(by.items()):
-        res = {}
-        greedy = [g[0]["correct"] for (i, mode), g in groups.items() if mode == "greedy"]
+    for bench, groups in by.items():
+        res = {"questions": len({i for i, _ in groups})}
+        greedy = [g[0] for (_, mode), g in groups.items() if mode == "greedy"]
         if greedy:
-            res["greedy_acc"] = 100 * float(np.mean(greedy))
-        sampled = [g for (i, mode), g in groups.items() if mode == "sample"]
+            res["greedy_acc"] = 100 * float(np.mean([r["correct"] for r in greedy]))
+            res["greedy_tokens"] = float(np.mean([r["n_tokens"] for r in greedy]))
+        sampled = [g for (_, mode), g in groups.items() if mode == "sample"]
         if sampled:
             n = min(len(g) for g in sampled)
             res["samples"] = n
-            for k in ks:
+            for k in sorted(set(ks)):
                 if k <= n:
                     res[f"pass@{k}"] = 100 * float(np.mean([pass_at_k(n, sum(r["correct"] for r in g[:n]), k)
                                                             for g in sampled]))
-        res["mean_tokens"] = float(np.mean([r["n_tokens"] for g in groups.values() for r in g]))
-        res["questions"] = len({i for i, _ in groups})
+            res["sample_tokens"] = float(np.mean([r["n_tokens"] for g in sampled for r in g[:n]]))
         # answers the grader gave up on (math-verify hung past the timeout): graded wrong, counted here
         res["grading_timeouts"] = sum(r.get("how") == "timeout" for g in groups.values() for r in g)
         out[bench] = res
     return out
 
 
-def headline(res: dict) -> float | None:
-    """The accuracy a table shows: pass@1 of samples when there are any, else greedy accuracy."""
-    return res.get("pass@1", res.get("greedy_acc"))
-
-
 def macro(summary: dict, key: str) -> float | None:
-    values = [headline(r) if key == "acc" else r.get(key) for r in summary.values()]
-    values = [v for v in values if v is not None]
+    """The mean of ``key`` over the benchmarks that have it (the paper's Avg. column)."""
+    values = [r[key] for r in summary.values() if key in r]
     return float(np.mean(values)) if values else None
 
 
 def relative_change(new: float, base: float) -> float:
+    """100 (new - base) / base: the paper's change (46.9 vs 44.8 -> +4.7%)."""
     return 100.0 * (new - base) / base if base else float("nan")
 
 
-def table(runs: dict[str, dict], baseline: str | None = None) -> str:
-    """Markdown shaped like the paper's Table 1: one row per run, accuracy and length per benchmark."""
-    benches = sorted({b for s in runs.values() for b in s})
-    head = "| run | " + " | ".join(f"{b} acc | {b} len" for b in benches) + " | avg acc | avg len |"
-    lines = [head, "|" + "---|" * (2 * len(benches) + 3)]
-    for name, s in runs.items():
-        cells = []
-        for b in benches:
-            r = s.get(b, {})
-            acc, length = headline(r), r.get("mean_tokens")
-            cells += [f"{acc:.1f}" if acc is not None else "-", f"{length:.0f}" if length is not None else "-"]
-        acc, length = macro(s, "acc"), macro(s, "mean_tokens")
-        avg = [f"{acc:.1f}" if acc is not None else "-", f"{length:.0f}" if length is not None else "-"]
-        if baseline and name != baseline and baseline in runs and acc is not None:
-            b_acc, b_len = macro(runs[baseline], "acc"), macro(runs[baseline], "mean_tokens")
-            avg = [f"{acc:.1f} ({acc - b_acc:+.1f})", f"{length:.0f} ({relative_change(length, b_len):+.0f}%)"]
-        lines.append(f"| {name} | " + " | ".join(cells + avg) + " |")
-    return "\n".join(lines)
+def _ordered(benches) -> list[str]:
+    order = list(BENCHMARKS)
+    return sorted(benches, key=lambda b: (order.index(b) if b in order else len(order), b))
+
+
+def _cell(value: float | None, digits: int, base: float | None = None) -> str:
+    if value is None:
+        return "-"
+    text = f"{value:.{digits}f}"
+    return text if not base else f"{text} ({relative_change(value, base):+.1f}%)"  # no change against 0
+
+
+def table(runs: dict[str, dict], baseline: str | None = None, ks: tuple[int, ...] = (1, 6)) -> str:
+    """Markdown shaped like Table 1: a greedy block (accuracy per benchmark, average, length) and a sampling
+    block (pass@1 per benchmark, average pass@1, average pass@k for the other k, length); averages and
+    lengths of every run but the baseline carry their relative change against the baseline."""
+    benches = _ordered({b for s in runs.values() for b in s})
+    base = runs.get(baseline) if baseline else None
+
+    def block(title: str, per_bench: str, averages: list[tuple[str, str]], length: str) -> list[str]:
+        if not any(per_bench in r for s in runs.values() for r in s.values()):
+            return []
+        head = ["run", *benches, *(name for name, _ in averages), "length"]
+        lines = [f"**{title}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for name, s in runs.items():
+            ref = base if base is not None and name != baseline else None
+            cells = [_cell(s.get(b, {}).get(per_bench), 1) for b in benches]
+            cells += [_cell(macro(s, key), 1, None if ref is None else macro(ref, key)) for _, key in averages]
+            cells.append(_cell(macro(s, length), 0, None if ref is None else macro(ref, length)))
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        return lines + [""]
+
+    greedy = block("Greedy decoding: accuracy (%)", "greedy_acc", [("avg", "greedy_acc")], "greedy_tokens")
+    others = [(f"avg pass@{k}", f"pass@{k}") for k in sorted(set(ks)) if k != 1]
+    sampling = block("Sampling (t=0.6, top-p 1): pass@1 (%)", "pass@1", [("avg pass@1", "pass@1"), *others],
+                     "sample_tokens")
+    return "\n".join(greedy + sampling).rstrip()

@@ -47,7 +47,7 @@ def answer_and_grade(generate, grader, prompts: list[str], golds: list[tuple[str
 
 
 def evaluate(model_path: str, name: str, cfg: EvalArguments, chat_template: str | None = None,
-             grade_timeout: float = 10.0) -> dict:
+             think_prefix: str = "", grade_timeout: float = 10.0) -> dict:
     """Generate, grade and summarize one model as ``cfg`` asks; returns its summary (also written to
     <eval_dir>/<name>/summary.json)."""
     from common.modeling import load_tokenizer, resolve_model_path
@@ -70,7 +70,8 @@ def evaluate(model_path: str, name: str, cfg: EvalArguments, chat_template: str 
                 s = Sampling(n, 0.0 if mode == "greedy" else PAPER_TEMPERATURE, 1.0, max_new_tokens, seed)
                 for lo in range(0, len(group), batch_size):
                     chunk = group[lo : lo + batch_size]
-                    prompts = [render_prompt(tok, it.question, instruction=it.instruction) for it in chunk]
+                    prompts = [render_prompt(tok, it.question, instruction=it.instruction, think_prefix=think_prefix)
+                               for it in chunk]
                     answers = answer_and_grade(gen, grader, prompts, [(it.answer, it.kind) for it in chunk], s)
                     for it, samples in zip(chunk, answers):
                         rows = [{"key": f"{it.benchmark}|{it.id}|{mode}|{i}", "benchmark": it.benchmark, "id": it.id,
@@ -83,17 +84,17 @@ def evaluate(model_path: str, name: str, cfg: EvalArguments, chat_template: str 
                                 store.append(row)
     wanted = {(it.benchmark, it.id) for it in items}
     rows = [r for r in store.rows() if (r["benchmark"], r["id"]) in wanted and r["mode"] in modes]
-    summary = summarize(rows)
+    summary = summarize(rows, tuple(cfg.eval_pass_k))
     (out / "summary.json").write_text(json.dumps({"model": model_path, "benchmarks": summary}, indent=1))
     return summary
 
 
-def collect_table(out_dir: str | Path, baseline: str | None = None) -> str:
-    """The markdown table over every run under out_dir (written to out_dir/table.md)."""
+def collect_table(out_dir: str | Path, baseline: str | None = None, ks: tuple[int, ...] = (1, 6)) -> str:
+    """The Table 1 markdown over every run under out_dir (written to out_dir/table.md)."""
     runs = {}
     for path in sorted(Path(out_dir).glob("*/summary.json")):
         runs[path.parent.name] = json.loads(path.read_text())["benchmarks"]
-    md = table(runs, baseline)
+    md = table(runs, baseline, ks)
     (Path(out_dir) / "table.md").write_text(md + "\n")
     return md
 
@@ -127,11 +128,11 @@ def main(argv: list[str] | None = None) -> None:
 
         recipe = parse_recipe(["--config", a.config, *rest])
         cfg, model, name = recipe.eval, str(recipe.trained_model_dir), recipe.selection.labels_name
-        chat_template = recipe.traces.chat_template
+        chat_template, think_prefix = recipe.traces.chat_template, recipe.training.think_prefix
     elif rest:
         p.error(f"unrecognized arguments: {' '.join(rest)} (recipe keys need --config)")
     else:
-        cfg, model, name, chat_template = EvalArguments(), None, None, None
+        cfg, model, name, chat_template, think_prefix = EvalArguments(), None, None, None, ""
         cfg.eval_dir = str(RunPaths(Path(RunArguments().run_dir)).eval)
     for flag, key in FLAGS.items():
         if getattr(a, flag) is not None:
@@ -140,5 +141,5 @@ def main(argv: list[str] | None = None) -> None:
     if model is None:
         p.error("give --model, or --config with a recipe whose model is trained")
     name = a.name or name or Path(model.rstrip("/")).name
-    evaluate(model, name, cfg, a.chat_template or chat_template)
-    print(collect_table(cfg.eval_dir, a.baseline))
+    evaluate(model, name, cfg, a.chat_template or chat_template, think_prefix)
+    print(collect_table(cfg.eval_dir, a.baseline, tuple(cfg.eval_pass_k)))

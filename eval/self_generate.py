@@ -54,11 +54,14 @@ def self_generate(questions: list[Record], generate, grader, out_dir: str | Path
     for r in rows:
         if r["shortest_correct"] is None:
             continue
-        trace, final = split_response(r["shortest_correct"]["text"])
+        text = r["shortest_correct"]["text"]
+        trace, _ = split_response(text)
         wrong = r["shortest_incorrect"]
+        # the whole response is trained: the thinking (segmented) and the completion after it (</think>, answer)
         kept.append(Record(r["id"], r["question"], trace, r["answer"], "self_generated",
-                           {"final": final, "n_tokens": r["shortest_correct"]["n_tokens"], "n_correct": r["n_correct"],
-                            "n": r["n"], "shortest_incorrect": wrong["text"] if wrong else None}))
+                           {"n_tokens": r["shortest_correct"]["n_tokens"], "n_correct": r["n_correct"],
+                            "n": r["n"], "shortest_incorrect": wrong["text"] if wrong else None},
+                           completion=text[len(trace):].rstrip()))
     write_jsonl(kept, out / "traces.jsonl")
     summary = {"questions": len(rows), "with_correct": len(kept),
                "no_correct": [r["id"] for r in rows if r["shortest_correct"] is None],

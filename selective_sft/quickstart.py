@@ -96,18 +96,19 @@ def run(recipe_path: str, run_dir: str | None, overrides: list[str], n_train: in
     records, _ = load_trace_records(recipe.traces)
     attr_dir = recipe.attribution.attribution_dir
     stage("attribution", lambda: runner.run(recipe.traces, recipe.attribution, recipe.model, records))
-    tok = load_tokenizer(recipe.model.model_name_or_path, recipe.traces.chat_template)
+    tok = load_tokenizer(recipe.model.model_name_or_path, recipe.traces.chat_template, recipe.training.think_tokens)
     attributions = load_attributions(attr_dir)
     # the recipe's selector against the full-CoT baseline, folders by the run-folder rule
     runs = {"selective": recipe.for_selector(recipe.selection.selector), "full_cot": recipe.for_selector("all")}
     label_summaries = {name: stage(f"labels_{name}", lambda r=r: write_labels(
-        tok, records, attributions, r.traces, r.selection, r.sft.max_length).to_dict()) for name, r in runs.items()}
+        tok, records, attributions, r.traces, r.selection, r.sft.max_length, r.training.think_prefix).to_dict())
+        for name, r in runs.items()}
     for name, r in runs.items():  # both get the same schedule; a two-stage recipe trains full CoT first in both
         stage(f"train_{name}", lambda r=r: {"loss": train(r).state.log_history[-1]})
     for name, r in runs.items():
         stage(f"eval_{name}", lambda r=r: evaluate(str(r.trained_model_dir), r.selection.labels_name, r.eval,
-                                                   r.traces.chat_template))
-    table = collect_table(recipe.eval.eval_dir, baseline="all")
+                                                   r.traces.chat_template, r.training.think_prefix))
+    table = collect_table(recipe.eval.eval_dir, "all", tuple(recipe.eval.eval_pass_k))
     report = write_report(runs["selective"].selection, attr_dir, records)
     lines = ["## Accuracy and output length", "", table, "", "## Supervision", "",
              "| labels | segments per trace | segments trained | tokens trained | records |", "|---|---|---|---|---|"]
@@ -116,7 +117,8 @@ def run(recipe_path: str, run_dir: str | None, overrides: list[str], n_train: in
                      f"{s['pct_tokens_selected']:.1f}% | {s['records_out']} |")
     if synthetic_data:
         # only the segment choices matter here: select on the stored attributions, no tokenization
-        views = {r.id: trace_view(r.id, r.trace, r.answer, attributions[r.id]["segments"], attributions[r.id])
+        views = {r.id: trace_view(r.id, r.trace, r.answer, attributions[r.id]["segments"], attributions[r.id],
+                                  recipe.selection.strength_aggregation)
                  for r in records if attributions[r.id]["status"] == "ok"}
         by_sel = {sel: {rid: {"selected": select(v, replace(recipe.selection, selector=sel)).segment_selected.tolist()}
                         for rid, v in views.items()}

@@ -1,9 +1,9 @@
 """Selective SFT: ``python -m selective_sft.train --config recipes/<model>/<method>.yaml [--key value ...]``.
 
 Trains with TRL's ``SFTTrainer`` on the labels dataset as it is: no re-tokenization, and the
-collator keeps the ``labels`` column, so the loss is the mean NLL over selected tokens across the
-whole optimizer step (eq. 9; TRL divides by the selected-token count of all micro-batches and
-processes). Unsloth loads the model on CUDA when installed; plain transformers otherwise.
+collator keeps the ``labels`` column. The loss is eq. 9 (``loss_normalization: sequence``, a loss
+function passed to the trainer: selective_sft.loss) or TRL's token mean (``token``). Unsloth loads
+the model on CUDA when installed; plain transformers otherwise.
 Two-stage recipes (instruct models) first train on full-CoT labels, then on the selective ones.
 """
 from __future__ import annotations
@@ -16,6 +16,8 @@ from common.dist import close_process_group
 from common.modeling import load_model, load_tokenizer, wants_unsloth
 from common.recipe import Recipe, parse_recipe
 
+from .loss import SequenceMeanNLL
+
 
 def load_labels_dataset(labels_dir: str | Path, tokenizer, model):
     """The training columns of a labels dataset, checked against the tokenizer and the model first."""
@@ -26,6 +28,27 @@ def load_labels_dataset(labels_dir: str | Path, tokenizer, model):
         raise ValueError(f"{labels_dir}: token id {top} is outside the model's {n_embed} embeddings; the labels "
                          f"were built with another tokenizer")
     return ds.select_columns(TRAIN_COLUMNS)
+
+
+def _stop_after(epoch: float):
+    """A callback that ends training at the end of ``epoch`` (the learning-rate schedule is unchanged)."""
+    from transformers import TrainerCallback
+
+    class StopAfterEpoch(TrainerCallback):
+        def on_epoch_end(self, args, state, control, **kwargs):
+            if state.epoch >= epoch - 1e-9:
+                control.should_training_stop = True
+
+    return StopAfterEpoch()
+
+
+def _loss(cfg, sft):
+    """The loss function for SFTTrainer: eq. 9 (sequence), or None for TRL's own token mean."""
+    if cfg.loss_normalization == "token":
+        return None
+    from accelerate import PartialState
+
+    return SequenceMeanNLL(sft.per_device_train_batch_size * sft.gradient_accumulation_steps * PartialState().num_processes)
 
 
 def _resume_arg(value):
@@ -42,8 +65,10 @@ def train(recipe: Recipe, callbacks=None):
         import unsloth  # noqa: F401  (must be imported before trl to patch it)
     from trl import SFTTrainer, get_peft_config
 
-    tokenizer = load_tokenizer(model_args.model_name_or_path, recipe.traces.chat_template)
+    tokenizer = load_tokenizer(model_args.model_name_or_path, recipe.traces.chat_template, cfg.think_tokens)
     model = load_model(model_args, use_unsloth, sft.max_length)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # added <think> tokens need rows
+        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
     stages = []
     if cfg.two_stage:
         stages.append(("stage1_full_cot", cfg.first_stage_labels_dir, cfg.first_stage_epochs,
@@ -55,8 +80,9 @@ def train(recipe: Recipe, callbacks=None):
         out = str(recipe.trained_model_dir) if name == "final" else str(Path(sft.output_dir) / name)
         config = dataclasses.replace(sft, num_train_epochs=epochs, learning_rate=lr, output_dir=out)
         peft = None if use_unsloth or trainer is not None else get_peft_config(model_args)
+        stop = [_stop_after(cfg.stop_after_epoch)] if name == "final" and cfg.stop_after_epoch else []
         trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                             peft_config=peft, callbacks=callbacks)
+                             peft_config=peft, callbacks=[*(callbacks or []), *stop], compute_loss_func=_loss(cfg, config))
         print(f"[{name}] {labels_dir}: {len(dataset)} examples, {epochs} epochs at lr {lr} -> {out}")
         trainer.train(resume_from_checkpoint=_resume_arg(config.resume_from_checkpoint))
         trainer.save_model(out)

@@ -57,6 +57,7 @@ def test_parse_chat_response_split_and_truncation():
     full = "<｜User｜>Q?<｜Assistant｜><think>\nthinking\n\nWait, more.\n</think>\n\nSo **Answer:** 42"
     p = parse_chat_response(full)
     assert p["trace"] == "thinking\n\nWait, more." and p["answer"] == "42" and not p["truncated"]
+    assert p["completion"] == "\n</think>\n\nSo **Answer:** 42" and full.endswith(p["trace"] + p["completion"])
     cut = parse_chat_response("<｜User｜>Q?<｜Assistant｜><think>\nthinking and then")
     assert cut["truncated"] and cut["answer"] is None and cut["trace"] == "thinking and then"
     with pytest.raises(RecordError, match="no '<think>'"):

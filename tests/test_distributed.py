@@ -11,7 +11,7 @@ import torch
 
 from attribution.labels import build_labels
 from attribution.labels_dataset import save_labels
-from common.config import SelectionArguments
+from common.config import SelectionArguments, TracesArguments
 from data import synthetic
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,7 +40,7 @@ def test_two_process_attribution_equals_one(tmp_path, tiny_tok):
 
 def test_two_process_training_equals_one(tmp_path, tiny_tok):
     rows, summary = build_labels(tiny_tok, synthetic.generate(4, seed=32), None,
-                                 SelectionArguments(selector="first_correct_solution"), "paper")
+                                 SelectionArguments(selector="first_correct_solution"), TracesArguments())
     save_labels(rows, summary, tmp_path / "labels")
     launch(1, "train", tmp_path / "one", tmp_path / "labels")
     launch(2, "train", tmp_path / "two", tmp_path / "labels")

@@ -10,7 +10,7 @@ import pytest
 
 from eval.benchmarks import load_benchmark, shuffle_choices
 from eval.grading import Grader, extract_answer, grade_one, is_equivalent
-from eval.metrics import pass_at_k, summarize, table
+from eval.metrics import pass_at_k, relative_change, summarize, table
 from common.config import EvalArguments
 from eval.run import collect_table, evaluate
 from tests.conftest import shared_path
@@ -115,16 +115,40 @@ def test_pass_at_k_unbiased():
     assert pass_at_k(4, 0, 2) == 0 and pass_at_k(4, 3, 2) == 1
 
 
-def test_summarize_and_table():
-    rows = [{"benchmark": "b", "id": str(i), "mode": "sample", "sample": j, "correct": (i + j) % 2 == 0, "n_tokens": 10 + j}
-            for i in range(4) for j in range(4)]
-    rows += [{"benchmark": "b", "id": str(i), "mode": "greedy", "sample": 0, "correct": i < 3, "n_tokens": 5} for i in range(4)]
+def _rows(bench, greedy, samples):
+    """Hand-made graded rows: greedy [(correct, tokens)] per question; samples [(n correct, n, tokens)] per question."""
+    rows = [{"benchmark": bench, "id": str(i), "mode": "greedy", "sample": 0, "correct": c, "n_tokens": t}
+            for i, (c, t) in enumerate(greedy)]
+    rows += [{"benchmark": bench, "id": str(i), "mode": "sample", "sample": j, "correct": j < c, "n_tokens": t}
+             for i, (c, n, t) in enumerate(samples) for j in range(n)]
+    return rows
+
+
+def test_summary_and_table1_every_cell():
+    base = summarize(_rows("math500", [(1, 10), (0, 30)], [(3, 6, 100), (0, 6, 100)])
+                     + _rows("aime24", [(1, 40)], [(2, 8, 200)]))
+    sel = summarize(_rows("math500", [(1, 5), (1, 15)], [(6, 6, 50), (0, 6, 50)])
+                    + _rows("aime24", [(0, 20)], [(4, 8, 100)]))
+    # by hand: pass@6 of 3/6 correct = 1, of 2/8 = 1 - C(6,6)/C(8,6) = 27/28, of 4/8 = 1 - C(4,6)/C(8,6) = 1
+    assert base["math500"] == {"questions": 2, "greedy_acc": 50.0, "greedy_tokens": 20.0, "samples": 6, "pass@1": 25.0,
+                               "pass@6": 50.0, "sample_tokens": 100.0, "grading_timeouts": 0}
+    assert base["aime24"]["pass@1"] == 25.0 and base["aime24"]["pass@6"] == pytest.approx(100 * 27 / 28)
+    assert summarize(_rows("amc23", [], [(1, 4, 9)]))["amc23"].keys() >= {"pass@1"}  # k=6 > n=4: not reported
+    assert "pass@6" not in summarize(_rows("amc23", [], [(1, 4, 9)]))["amc23"]
+    md = table({"full_cot": base, "selective": sel}, baseline="full_cot")
+    assert md.split("\n") == [
+        "**Greedy decoding: accuracy (%)**", "",
+        "| run | math500 | aime24 | avg | length |", "|---|---|---|---|---|",
+        "| full_cot | 50.0 | 100.0 | 75.0 | 30 |",
+        "| selective | 100.0 | 0.0 | 50.0 (-33.3%) | 15 (-50.0%) |", "",
+        "**Sampling (t=0.6, top-p 1): pass@1 (%)**", "",
+        "| run | math500 | aime24 | avg pass@1 | avg pass@6 | length |", "|---|---|---|---|---|---|",
+        "| full_cot | 25.0 | 25.0 | 25.0 | 73.2 | 150 |",
+        "| selective | 50.0 | 50.0 | 50.0 (+100.0%) | 75.0 (+2.4%) | 75 (-50.0%) |"]
+    rows = _rows("math500", [(1, 10)], [])
     rows[0]["how"] = "timeout"
-    s = summarize(rows)["b"]
-    assert s["greedy_acc"] == 75 and s["pass@1"] == 50 and s["pass@4"] == 100 and s["samples"] == 4
-    assert s["grading_timeouts"] == 1
-    md = table({"base": {"b": s}, "sel": {"b": {**s, "pass@1": 60.0}}}, baseline="base")
-    assert md.count("\n") == 3 and "| sel |" in md and "(+10.0)" in md
+    assert summarize(rows)["math500"]["grading_timeouts"] == 1
+    assert relative_change(46.9, 44.8) == pytest.approx(4.6875)  # the paper's +4.7%
 
 
 def test_hf_backend_end_to_end_and_resume(tmp_path):
@@ -133,7 +157,8 @@ def test_hf_backend_end_to_end_and_resume(tmp_path):
                         eval_dir=str(tmp_path))
     s = evaluate("tiny-qwen2", "tiny", cfg)
     assert set(s) == {"math500", "gpqa_diamond"} and s["math500"]["questions"] == 3
-    assert s["math500"]["mean_tokens"] <= 6 and "pass@1" in s["math500"] and "greedy_acc" in s["gpqa_diamond"]
+    assert s["math500"]["greedy_tokens"] <= 6 and s["math500"]["sample_tokens"] <= 6 and "pass@1" in s["math500"]
+    assert "greedy_acc" in s["gpqa_diamond"] and s["math500"]["samples"] == 2 and "pass@6" not in s["math500"]
     path = tmp_path / "tiny" / "samples.jsonl"
     lines = path.read_text().splitlines(keepends=True)
     assert len(lines) == 2 * 3 * (1 + 2)

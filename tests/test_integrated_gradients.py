@@ -57,13 +57,13 @@ def test_completeness_many_gauss_points(tiny_tok, model_fixture, request):
     assert abs(res.f_input - res.f_baseline) > 1e-3
     assert res.completeness_gap < 1e-3
     few = integrated_gradients(model, al.input_ids, al.answer_positions, al.token_segment >= 0,
-                               tiny_tok.pad_token_id, rule="riemann_paper", steps=4, internal_batch=4)
+                               tiny_tok.pad_token_id, rule="riemann_right", steps=4, internal_batch=4)
     assert few.completeness_gap > res.completeness_gap
 
 
 def test_target_is_answer_logprob(tiny_tok, tiny_qwen2):
     al = _example(tiny_tok)
-    res = integrated_gradients(tiny_qwen2, al.input_ids, al.answer_positions, None, None, rule="riemann_paper", steps=2)
+    res = integrated_gradients(tiny_qwen2, al.input_ids, al.answer_positions, None, None, rule="riemann_right", steps=2)
     with torch.no_grad():
         logp = torch.log_softmax(tiny_qwen2(input_ids=torch.as_tensor(al.input_ids)[None]).logits[0], -1)
     pos = al.answer_positions
@@ -76,8 +76,8 @@ def test_bf16_model_accumulates_fp32(tiny_tok, tiny_qwen2):
 
     al = _example(tiny_tok)
     bf = copy.deepcopy(tiny_qwen2).to(torch.bfloat16)
-    a = integrated_gradients(tiny_qwen2, al.input_ids, al.answer_positions, None, tiny_tok.pad_token_id, rule="riemann_paper", steps=8)
-    b = integrated_gradients(bf, al.input_ids, al.answer_positions, None, tiny_tok.pad_token_id, rule="riemann_paper", steps=8)
+    a = integrated_gradients(tiny_qwen2, al.input_ids, al.answer_positions, None, tiny_tok.pad_token_id, rule="riemann_right", steps=8)
+    b = integrated_gradients(bf, al.input_ids, al.answer_positions, None, tiny_tok.pad_token_id, rule="riemann_right", steps=8)
     assert b.token_ig.dtype == np.float32 and np.corrcoef(a.token_ig, b.token_ig)[0, 1] > 0.95
 
 
@@ -90,10 +90,14 @@ def test_checkpointing_same_result(tiny_tok, tiny_llama):
 
 
 def test_rules_weights():
-    for rule in ("riemann_paper", "riemann_midpoint", "riemann_trapezoid", "gauss_legendre"):
+    for rule in ("riemann_right", "riemann_linspace", "riemann_midpoint", "riemann_trapezoid", "gauss_legendre"):
         a, w = integration_points(rule, 7)
         assert len(a) == len(w) == 7 and np.all((a >= 0) & (a <= 1)) and w.sum() == pytest.approx(1.0)
         # exact for a cubic on [0,1] except the Riemann sums; GL also for degree 2n-1
+    # eq. 2 uses the points j/J, j = 1..J; the released code linspace(0, 1, J); both weigh each 1/J
+    np.testing.assert_allclose(integration_points("riemann_right", 4)[0], [0.25, 0.5, 0.75, 1.0])
+    np.testing.assert_allclose(integration_points("riemann_linspace", 4)[0], [0.0, 1 / 3, 2 / 3, 1.0])
+    assert integration_points("riemann_right", 4)[1].tolist() == [0.25] * 4
     a, w = integration_points("gauss_legendre", 3)
     assert (w * a**5).sum() == pytest.approx(1 / 6)
     with pytest.raises(ValueError, match="unknown integration rule"):

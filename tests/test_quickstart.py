@@ -18,7 +18,8 @@ def test_quickstart_every_stage(tmp_path):
     for name in ("paper", "all"):
         AutoModelForCausalLM.from_pretrained(tmp_path / "models" / name)
     table = (tmp_path / "eval" / "table.md").read_text().strip().split("\n")
-    assert len(table) == 4 and table[2].startswith("| all |") and table[3].startswith("| paper |")
+    assert table[2] == "| run | synthetic | avg | length |" and table[4].startswith("| all |")
+    assert table[5].startswith("| paper |") and len(table) == 6  # greedy only: no sampling block
     results = (tmp_path / "results.md").read_text()
     assert "Planted redundancy" in results and "| paper |" in results
     assert (tmp_path / "labels" / "paper" / "report" / "viewer.html").exists()

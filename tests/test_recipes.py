@@ -15,6 +15,8 @@ PAPER = {  # recipe -> (model, lr, epochs, selector)
     "deepseek-r1-distill-qwen-7b/full_cot": ("deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", 1.5e-5, 10, "all"),
     "qwen2.5-7b-instruct/selective": ("Qwen/Qwen2.5-7B-Instruct", 8e-6, 4, "paper"),
     "qwen2.5-7b-instruct/full_cot": ("Qwen/Qwen2.5-7B-Instruct", 8e-6, 4, "all"),
+    "llama-3.1-8b-instruct/selective": ("meta-llama/Llama-3.1-8B-Instruct", 8e-6, 4, "paper"),
+    "llama-3.1-8b-instruct/full_cot": ("meta-llama/Llama-3.1-8B-Instruct", 8e-6, 4, "all"),
 }
 
 
@@ -28,20 +30,29 @@ def test_recipe_parses(path):
             name, lr, epochs, selector)
         assert r.sft.max_length == 16384 and r.sft.lr_scheduler_type == "cosine"
         assert r.selection.tau == 0.7 and r.selection.beta == 0.8
+        # as the paper and the authors' runs: attribution by the 7B, eq. 2 at J=50, eq. 9, 2 sequences a step
+        assert r.attribution.attribution_model_name_or_path == "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"
+        assert (r.attribution.ig_rule, r.attribution.ig_steps, r.training.loss_normalization) == ("riemann_right", 50, "sequence")
+        assert r.sft.per_device_train_batch_size * r.sft.gradient_accumulation_steps == 2
+        assert (r.sft.optim, r.sft.seed, r.sft.warmup_steps, r.sft.max_grad_norm) == ("adamw_8bit", 3407, 0.05, 1.0)
     if path.parent.name.endswith("instruct"):
         assert r.training.first_stage_epochs == 7 and r.training.first_stage_learning_rate == 1.5e-5
+        assert r.training.think_prefix == "<think>\n" and r.training.think_tokens
         # stage 1 trains the labels the same model's full_cot recipe writes, by the run-folder rule
         full_cot = parse_recipe(["--config", str(path.with_name("full_cot.yaml"))])
         assert r.training.first_stage_labels_dir == full_cot.selection.labels_dir
-    # every folder derives from run_dir by one rule
+    # every folder derives from run_dir by one rule, but the one attribution run the LIMO recipes share
     p = r.paths
-    assert r.attribution.attribution_dir == str(p.attribution) and r.eval.eval_dir == str(p.eval)
+    limo = r.traces.traces == "GAIR/LIMO" and key in PAPER
+    assert r.attribution.attribution_dir == ("runs/limo-r1-7b/attribution" if limo else str(p.attribution))
+    assert r.eval.eval_dir == str(p.eval)
     assert r.selection.labels_dir == str(p.labels(r.selection.labels_name))
     assert r.sft.output_dir == str(p.model(r.selection.labels_name))
 
 
 def test_explicit_folders_override_the_rule():
-    r = parse_recipe(["--config", str(RECIPES[0]), "--run_dir", "x", "--labels_dir", "elsewhere/l", "--output_dir", "m"])
+    tiny = next(p for p in RECIPES if p.parent.name == "tiny")
+    r = parse_recipe(["--config", str(tiny), "--run_dir", "x", "--labels_dir", "elsewhere/l", "--output_dir", "m"])
     assert r.attribution.attribution_dir == "x/attribution" and r.selection.labels_dir == "elsewhere/l"
     assert r.sft.output_dir == "m" and r.for_selector("all").selection.labels_dir == "x/labels/all"
     assert r.for_selector("all").sft.output_dir == "x/models/all"
@@ -53,6 +64,8 @@ def test_sections_validate_their_keys(tmp_path):
                                 ("label_mode", "drop", "label_mode")]:
         with pytest.raises(ValueError, match=message):
             parse_recipe(["--config", str(RECIPES[0]), f"--{key}", value])
+    with pytest.raises(ValueError, match="riemann_linspace.*riemann_right, the default"):
+        parse_recipe(["--config", str(RECIPES[0]), "--ig_rule", "riemann_paper"])
     with pytest.raises(ValueError, match="needs the attribution feature 'confidence_gain'"):
         parse_recipe(["--config", str(RECIPES[0]), "--selector", "confidence_gain"])
 

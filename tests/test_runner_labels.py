@@ -42,7 +42,7 @@ def _run(path, out, tok, model, **kw):
 
 
 def _labels(tok, recs, attrs, selector, mode="mask", max_length=None, **params):
-    return build_labels(tok, recs, attrs, SelectionArguments(selector=selector, label_mode=mode, **params), "paper",
+    return build_labels(tok, recs, attrs, SelectionArguments(selector=selector, label_mode=mode, **params), TracesArguments(),
                         max_length)
 
 
@@ -122,11 +122,63 @@ def test_token_level_selection_maps_by_characters(attributed, tiny_tok):
     rows, summary = _labels(tiny_tok, recs, attrs, "high_abs_ig_tokens")
     for rec, row in zip(recs, rows):
         a = attrs[rec.id]
-        seg = np.asarray(a["token_segment"])
-        n_sel = int(np.ceil(0.45 * (seg >= 0).sum()))
-        trained_trace = sum(1 for x in row["labels"] if x != IGNORE) - 1  # minus EOS
-        assert abs(trained_trace - n_sel) <= 1  # the last trace token may merge differently before EOS
-    assert 40 < summary.to_dict()["pct_tokens_selected"] < 50
+        seg, ig = np.asarray(a["token_segment"]), np.abs(np.asarray(a["token_ig"]))
+        inside = np.flatnonzero(seg >= 0)
+        # by hand: the top 45% of trace tokens by |IG|, and every token of the first and last segments
+        top = inside[np.argsort(-ig[inside], kind="stable")][: int(np.ceil(0.45 * len(inside)))]
+        expect = set(top) | set(np.flatnonzero((seg == 0) | (seg == seg.max())))
+        # same tokenizer and prompt: training trace tokens start where the attribution tokens do
+        starts, end = np.asarray(a["token_start"]), a["trace_start"] + len(rec.trace)
+        trained = {int(np.searchsorted(starts, o)) for o, x in zip(_offsets(tiny_tok, rec), row["labels"])
+                   if x != IGNORE and o < end}
+        assert len(trained ^ expect) <= 1 and (trained ^ expect) <= {inside[-1]}  # the last one may merge with the tail
+    assert 45 < summary.to_dict()["pct_tokens_selected"] < 80
+
+
+def _offsets(tok, rec):
+    return [o for o, _ in tok(training_text(tok, rec.question, rec.trace).text, add_special_tokens=False,
+                              return_offsets_mapping=True)["offset_mapping"]]
+
+
+def test_labels_for_another_tokenizer_than_the_attribution_model(attributed, tiny_tok, qwen_tok):
+    """Attribution with the tiny model's tokenizer, labels with the real Qwen2.5 vocabulary: the
+    selection carries over by characters, so the trained trace text is the selected segments' text."""
+    recs, attrs = attributed
+    rows, _ = _labels(qwen_tok, recs, attrs, "paper")
+    for rec, row in zip(recs, rows):
+        pt = training_text(qwen_tok, rec.question, rec.trace)
+        al = align(qwen_tok, pt, split_segments(rec.trace))
+        assert row["input_ids"] == al.input_ids.tolist()
+        trained = (np.asarray(row["labels"]) != IGNORE) & (al.token_segment >= 0)
+        chosen = "".join(rec.trace[a:b] for (a, b), keep in zip(row["segment_char_spans"], row["selected"]) if keep)
+        # up to the tokens that straddle a segment boundary (".\n\n" is one Qwen token): compare without spaces
+        assert "".join(qwen_tok.decode(al.input_ids[trained]).split()) == "".join(chosen.split())
+        assert not all(row["selected"]) or rec.id  # some traces mask segments (checked over the set below)
+    assert any(not all(r["selected"]) for r in rows)
+
+
+def test_chat_trace_trains_its_closing_and_answer(traces, tiny_tok):
+    """The text after </think> is kept and always trained, whatever the selector masks."""
+    from data.loaders import load_records
+
+    recs, _ = load_records(traces, chat=True)
+    ok = [r for r in recs if r.answer and r.id != "too-long"]
+    rows, _ = build_labels(tiny_tok, ok, None, SelectionArguments(selector="first_correct_solution"), TracesArguments())
+    for rec, row in zip(ok, rows):
+        trained = tiny_tok.decode([x for x in row["labels"] if x != IGNORE])
+        assert "</think>" in trained and f"\\boxed{{{rec.answer}}}" in trained and trained.endswith(tiny_tok.eos_token)
+
+
+def test_think_tokens_are_single_special_tokens(tiny_tok):
+    from common.modeling import load_tokenizer
+
+    tok = load_tokenizer("tiny-qwen2", think_tokens=True)
+    assert len(tok) == len(tiny_tok) + 2
+    rec = synthetic.generate(1, seed=3)[0]
+    text = training_text(tok, rec.question, rec.trace, "\n</think>\n\nSo 5.", think_prefix="<think>\n")
+    ids = tok(text.text, add_special_tokens=False)["input_ids"]
+    assert ids.count(tok.convert_tokens_to_ids("</think>")) == 1 and ids.count(tok.convert_tokens_to_ids("<think>")) == 1
+    assert text.prompt.endswith("assistant\n<think>\n")
 
 
 def test_truncation_aligned_and_empty_records_dropped(attributed, tiny_tok):

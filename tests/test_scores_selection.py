@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from attribution.selection import IMPLEMENTATIONS, TraceView, parameters, segment_scores, select, top_k_star
+from attribution.selection import IMPLEMENTATIONS, TraceView, parameters, segment_scores, select, states_answer, top_k_star
 from common.config import SELECTORS, SelectionArguments
 
 
@@ -59,42 +59,72 @@ def test_paper_selector_consistency_and_forced_ends():
     assert run("paper", v, keep_second_last=True).segment_selected[4]
 
 
-def test_token_baselines_take_ratio():
-    v = _view(IG, SEG, 3)
-    abs_sel = run("high_abs_ig_tokens", v, token_ratio=0.33)  # 9 trace tokens -> 3
-    assert set(np.flatnonzero(abs_sel.token_selected)) == {2, 4, 6}  # |IG| 1 ties: the earlier token wins
-    signed = run("high_ig_tokens", v, token_ratio=0.33)
-    assert set(np.flatnonzero(signed.token_selected)) == {2, 4, 6}
-    low = run("high_ig_tokens", v, token_ratio=0.5)  # 5 tokens: 3, 2, 1, then two of the 0.5s
-    assert not low.token_selected[[0, 1, 11]].any() and low.token_selected.sum() == 5
-    assert not low.token_selected[3] and not low.token_selected[9]  # negative tokens come last
+def test_token_baselines_take_ratio_and_keep_ends():
+    # prompt, segments 0..4 (0: token 1, 1: tokens 2-3, 2: tokens 4-5, 3: tokens 6-7, 4: token 8), tail
+    seg = np.array([-1, 0, 1, 1, 2, 2, 3, 3, 4, -2])
+    ig = np.array([9.0, 0.1, 3.0, -0.5, 0.2, -2.5, 0.3, 1.0, 0.05, 9.0])
+    v = _view(ig, seg, 5)
+    # 8 trace tokens, ratio 0.25 -> 2 tokens: by |IG| tokens 2 (3.0) and 5 (2.5); plus the end segments (1 and 8)
+    assert np.flatnonzero(run("high_abs_ig_tokens", v, token_ratio=0.25).token_selected).tolist() == [1, 2, 5, 8]
+    # by signed IG: tokens 2 (3.0) and 7 (1.0); the negative ones come last
+    assert np.flatnonzero(run("high_ig_tokens", v, token_ratio=0.25).token_selected).tolist() == [1, 2, 7, 8]
+    assert np.flatnonzero(run("high_ig_tokens", v, token_ratio=0.25, keep_second_last=True).token_selected).tolist() == [
+        1, 2, 6, 7, 8]
 
 
 def test_random_segments_seeded_and_matched():
     seg = np.repeat(np.arange(10), 3)
     ig = np.random.default_rng(0).normal(size=30)
     v = _view(ig, seg, 10, record_id="r1")
-    n_paper = run("paper", v).segment_selected.sum()
+    # default: the paper's ratio, round(0.33 * 10) = 3 segments, the two ends among them
     a = run("random_segments", v, selection_seed=1)
-    assert a.segment_selected.sum() == n_paper and a.segment_selected[0] and a.segment_selected[-1]
+    assert a.segment_selected.sum() == 3 and a.segment_selected[0] and a.segment_selected[-1]
     assert (a.segment_selected == run("random_segments", v, selection_seed=1).segment_selected).all()
+    n_paper = run("paper", v).segment_selected.sum()
+    assert run("random_segments", v, segment_ratio=None).segment_selected.sum() == n_paper
     other = [run("random_segments", _view(ig, seg, 10, record_id=f"r{i}"), segment_ratio=0.5).segment_selected
              for i in range(2, 8)]
     assert all(o.sum() == 5 for o in other) and len({tuple(o) for o in other}) > 1
 
 
 def test_first_correct_solution():
-    texts = ["Let x be 1 6.", "\n\nWait, 2 * 8 = 160? no.", "\n\nWait, so 16.", "\n\nAnother check: 16."]
-    seg = np.array([0, 1, 2, 3])
-    v = TraceView(seg, 4, segment_texts=texts, answer="16")
-    assert run("first_correct_solution", v).segment_selected.tolist() == [True, True, True, False]
-    none = run("first_correct_solution", TraceView(seg, 4, segment_texts=texts, answer="17"))
+    texts = ["There are 16 cases.", "\n\nWait, 2 * 8 = 160? no.", "\n\nWait, so the answer is 16.",
+             "\n\nAnother check: 16.", "\n\nSo \\boxed{16}."]
+    seg = np.arange(5)
+    v = TraceView(seg, 5, segment_texts=texts, answer="16")
+    # "16 cases" is a mention, not a result; segment 2 concludes it; the last segment is kept as well
+    assert run("first_correct_solution", v).segment_selected.tolist() == [True, True, True, False, True]
+    none = run("first_correct_solution", TraceView(seg, 5, segment_texts=texts, answer="17"))
     assert none.segment_selected.all() and "never stated" in none.note
+
+
+@pytest.mark.parametrize("text,answer,stated", [
+    ("there are 5 cases", "5", False), ("so \\boxed{5}.", "5", True), ("The answer is 5.", "5", True),
+    ("the answer is 50", "5", False), ("**Final Answer:** $16$", "16", True), ("answer = 16.5", "16", False),
+    ("\\boxed{ \\frac{1}{2} }", "\\frac{1}{2}", True), ("x = 5, so 2x = 10", "5", False)])
+def test_states_answer(text, answer, stated):
+    assert states_answer(text, answer) is stated
+
+
+def test_confidence_gain_keeps_positive_gains_and_ends():
+    seg = np.arange(5)
+    v = TraceView(seg, 5, features={"confidence_gain": np.array([-1.0, 0.5, 0.0, -0.2, -3.0])})
+    assert run("confidence_gain", v).segment_selected.tolist() == [True, True, False, False, True]
+
+
+def test_strength_aggregations_by_hand():
+    ig = np.array([3.0, -1.0, 0.0, 0.0, 0.0, 2.0])  # segment 0: five tokens, segment 1: one token
+    seg = np.array([0, 0, 0, 0, 0, 1])
+    np.testing.assert_allclose(segment_scores(ig, seg, 2, "sqrt_norm").strength, [4 / np.sqrt(5), 2.0])
+    np.testing.assert_allclose(segment_scores(ig, seg, 2, "sum").strength, [4.0, 2.0])
+    # top 20% of 5 tokens = 1 token (|3|); of 1 token = that token
+    np.testing.assert_allclose(segment_scores(ig, seg, 2, "top20_mean").strength, [3.0, 2.0])
 
 
 def test_feature_selector_and_all():
     seg = np.array([0, 1, 1, 1, 2, 3, 3, 4])
     v = TraceView(seg, 5, features={"segment_entropy": np.array([0.0, 5.0, 1.0, 3.0, 0.0])})
+    assert run("all", v).token_selected.all()
     sel = run("segment_entropy", v, token_ratio=0.5)
     # ends (2 tokens) -> 25%; + segment 1 (3 tokens) -> 62.5% >= 50%
     assert sel.segment_selected.tolist() == [True, True, False, False, True]

@@ -29,7 +29,8 @@ def test_shortest_correct_kept_and_resume(tmp_path, tiny_tok):
         summary = self_generate(qs, gen, g, tmp_path, tiny_tok, n=3, batch_size=1)
         assert summary["with_correct"] == 1 and summary["no_correct"] == ["q2"] and gen.calls == 2
         rows = [json.loads(x) for x in (tmp_path / "traces.jsonl").read_text().split("\n") if x]
-        assert rows[0]["trace"] == "short" and rows[0]["meta"]["final"] == "so \\boxed{4}"
+        # the whole response is kept: the thinking as the trace, the rest (</think> and the answer) as completion
+        assert rows[0]["trace"] == "short" and rows[0]["completion"] == "</think> so \\boxed{4}"
         assert rows[0]["meta"]["shortest_incorrect"] == "think</think>\\boxed{5}"
         again = self_generate(qs, gen, g, tmp_path, tiny_tok, n=3, batch_size=1)
     assert gen.calls == 2 and again == summary  # nothing regenerated

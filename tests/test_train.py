@@ -10,7 +10,7 @@ from trl import ModelConfig, SFTConfig
 
 from attribution.labels import build_labels
 from attribution.labels_dataset import IGNORE, save_labels
-from common.config import SelectionArguments, TrainingArguments
+from common.config import SelectionArguments, TracesArguments, TrainingArguments
 from common.recipe import make_recipe
 from data import synthetic
 from selective_sft.train import train
@@ -20,7 +20,7 @@ FIRST_CORRECT = SelectionArguments(selector="first_correct_solution")
 
 def _labels(tmp_path_factory, tok, n):
     """Labels that mask the segments after the first one stating the answer (a deterministic selection)."""
-    rows, summary = build_labels(tok, synthetic.generate(n, seed=21), None, FIRST_CORRECT, "paper")
+    rows, summary = build_labels(tok, synthetic.generate(n, seed=21), None, FIRST_CORRECT, TracesArguments())
     out = tmp_path_factory.mktemp("labels")
     save_labels(rows, summary, out)
     return out
@@ -44,9 +44,10 @@ def _config(tmp_path, **kw):
     return SFTConfig(**{**base, **kw})
 
 
-def _recipe(labels_dir, sft):
+def _recipe(labels_dir, sft, normalization="sequence"):
     """Train the tiny Qwen2 on ``labels_dir`` with TRL settings ``sft`` (plain transformers)."""
-    return make_recipe(sft, ModelConfig(model_name_or_path="tiny-qwen2"), training=TrainingArguments(use_unsloth="false"),
+    return make_recipe(sft, ModelConfig(model_name_or_path="tiny-qwen2"),
+                       training=TrainingArguments(use_unsloth="false", loss_normalization=normalization),
                        selection=SelectionArguments(labels_dir=str(labels_dir)))
 
 
@@ -60,28 +61,32 @@ class Grab(TrainerCallback):
         self.grads.append({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
 
 
-def test_loss_is_eq9_over_accumulation(two_labels_dir, tmp_path, tiny_tok):
+@pytest.mark.parametrize("normalization", ["sequence", "token"])
+def test_loss_over_accumulation_by_hand(two_labels_dir, tmp_path, tiny_tok, normalization):
+    """Two micro-batches of one sequence each, unequal selected counts: eq. 9 averages the two
+    per-sequence means; TRL's token mode divides the summed NLL by all selected tokens of the step."""
     import datasets
 
     ds = datasets.load_from_disk(str(two_labels_dir / "dataset"))
     assert len(set(sum(1 for x in ex["labels"] if x != IGNORE) for ex in ds)) == 2  # unequal counts matter
     grab = Grab()
-    trainer = train(_recipe(two_labels_dir, _config(tmp_path, max_steps=1, learning_rate=0.0, max_grad_norm=0.0)),
-                    callbacks=[grab])
-    # hand computation on a fresh copy of the same initial model: mean NLL over ALL selected tokens of the
-    # two micro-batches (not the mean of the two per-example means)
+    config = _config(tmp_path, max_steps=1, learning_rate=0.0, max_grad_norm=0.0)
+    trainer = train(_recipe(two_labels_dir, config, normalization), callbacks=[grab])
     from common.modeling import load_model
 
-    model = load_model(ModelConfig(model_name_or_path="tiny-qwen2"))
-    nll_sum, n_sel = 0.0, 0
+    model = load_model(ModelConfig(model_name_or_path="tiny-qwen2"))  # a fresh copy of the same initial model
+    sums, counts = [], []
     for ex in ds:
         ids = torch.tensor([ex["input_ids"]])
         labels = torch.tensor(ex["labels"][1:])
         logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
         keep = labels != IGNORE
-        nll_sum = nll_sum - logp[keep].gather(-1, labels[keep].unsqueeze(-1)).sum()
-        n_sel += int(keep.sum())
-    loss = nll_sum / n_sel
+        sums.append(-logp[keep].gather(-1, labels[keep].unsqueeze(-1)).sum())
+        counts.append(int(keep.sum()))
+    if normalization == "sequence":
+        loss = (sums[0] / counts[0] + sums[1] / counts[1]) / 2
+    else:
+        loss = (sums[0] + sums[1]) / (counts[0] + counts[1])
     assert trainer.state.log_history[0]["loss"] == pytest.approx(loss.item(), rel=1e-4)
     loss.backward()
     hand = {n: p.grad for n, p in model.named_parameters()}
@@ -92,7 +97,7 @@ def test_loss_is_eq9_over_accumulation(two_labels_dir, tmp_path, tiny_tok):
 def test_masked_tokens_get_no_gradient(tiny_tok, tiny_qwen2):
     """Changing the targets at -100 positions changes neither loss nor gradient (any token id there)."""
     rec = synthetic.generate(1, seed=2)[0]
-    rows, _ = build_labels(tiny_tok, [rec], None, FIRST_CORRECT, "paper")
+    rows, _ = build_labels(tiny_tok, [rec], None, FIRST_CORRECT, TracesArguments())
     ids = torch.tensor([rows[0]["input_ids"]])
     labels = torch.tensor([rows[0]["labels"]])
     assert (labels == IGNORE).any() and (labels != IGNORE).any()
@@ -129,6 +134,17 @@ def test_few_steps_lower_selected_loss(labels_dir, tmp_path):
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     for (n, a), b in zip(trainer.model.state_dict().items(), reloaded.state_dict().values()):
         torch.testing.assert_close(a, b)
+
+
+def test_stop_after_epoch_keeps_the_schedule(labels_dir, tmp_path):
+    """3-epoch cosine schedule stopped after epoch 1: 2 of 6 steps run, the learning rate still high."""
+    recipe = _recipe(labels_dir, _config(tmp_path, num_train_epochs=3, per_device_train_batch_size=4,
+                                         gradient_accumulation_steps=1, lr_scheduler_type="cosine"))
+    recipe.training.stop_after_epoch = 1
+    trainer = train(recipe)
+    assert trainer.state.global_step == 2 and trainer.state.epoch == 1 and trainer.state.max_steps == 6
+    lrs = [h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h]
+    assert lrs[-1] > 0.5e-3  # cosine over 6 steps at 1e-3: after 2 steps it is still above half
 
 
 class Kill(TrainerCallback):
