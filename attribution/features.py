@@ -30,10 +30,15 @@ def _scored_tokens(model, tokenizer, text: str, start: int) -> tuple[np.ndarray,
     return offsets[keep, 0], target.cpu().numpy()[keep - 1], entropy.cpu().numpy()[keep - 1]
 
 
+def completes_answer(completion: str, answer: str) -> bool:
+    """Whether text sampled after the forced "\\boxed{" closes the box on the gold answer (spaces aside)."""
+    return "}" in completion and "".join(completion.split("}", 1)[0].split()) == "".join(answer.split())
+
+
 @torch.no_grad()
 def sampled_confidence(model, tokenizer, head: str, answer: str, samples: int, seed: int) -> float:
-    """Share of ``samples`` completions of ``head`` (ending in the forced "\\boxed{") at t = 0.6 whose
-    boxed content, up to its closing brace, is the gold answer (whitespace aside)."""
+    """Share of ``samples`` completions of ``head`` (ending in the forced "\\boxed{") at t = 0.6 that
+    state the gold answer (:func:`completes_answer`)."""
     device = next(model.parameters()).device
     ids = torch.tensor([tokenizer(head, add_special_tokens=False)["input_ids"]], device=device)
     n_answer = len(tokenizer(answer + "}", add_special_tokens=False)["input_ids"])
@@ -41,9 +46,8 @@ def sampled_confidence(model, tokenizer, head: str, answer: str, samples: int, s
     out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=0.6, top_p=1.0, top_k=0,
                          max_new_tokens=n_answer + 4, num_return_sequences=samples,
                          pad_token_id=tokenizer.pad_token_id)
-    gold = "".join(answer.split())
     texts = tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
-    return float(np.mean(["".join(t.split("}", 1)[0].split()) == gold and "}" in t for t in texts]))
+    return float(np.mean([completes_answer(t, answer) for t in texts]))
 
 
 def segment_features(model, tokenizer, prompt: str, segment_texts: list[str], answer: str | None,

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from attribution.features import segment_features
+from attribution.features import completes_answer, segment_features
 from attribution.segments import split_segments
 from data import synthetic
 from common.config import ANSWER_SUFFIX, IG_FEATURES
@@ -48,3 +48,24 @@ def test_entropy_feature_and_errors(tiny_tok, tiny_qwen2):
         segment_features(tiny_qwen2, tiny_tok, prompt, ["x"], "1", ["magic"], ANSWER_SUFFIX)
     with pytest.raises(ValueError, match="needs the gold answer"):
         segment_features(tiny_qwen2, tiny_tok, prompt, ["x"], None, ["confidence_gain"], ANSWER_SUFFIX)
+
+
+@pytest.mark.parametrize("completion,stated", [("42}.", True), (" 4 2 } So", True), ("42", False), ("420}", False),
+                                               ("\\frac{1}{2}}", False), ("}42", False)])
+def test_sampled_answer_matching(completion, stated):
+    assert completes_answer(completion, "42") is stated
+
+
+def test_sampled_confidence_gain(tiny_tok, tiny_qwen2):
+    """M sampled answers per prefix: confidences are shares of M, so every gain is a multiple of 1/M."""
+    rec = synthetic.generate(3, seed=4)[1]
+    texts = [s.text for s in split_segments(rec.trace)]
+    prompt = render_prompt(tiny_tok, rec.question)
+    m = 4
+    f = segment_features(tiny_qwen2, tiny_tok, prompt, texts, rec.answer, ["confidence_gain"], ANSWER_SUFFIX,
+                         confidence_samples=m, seed=1)
+    gains = f["confidence_gain"]
+    assert gains.shape == (len(texts),) and np.allclose(gains * m, np.round(gains * m)) and np.all(np.abs(gains) <= 1)
+    again = segment_features(tiny_qwen2, tiny_tok, prompt, texts, rec.answer, ["confidence_gain"], ANSWER_SUFFIX,
+                             confidence_samples=m, seed=1)
+    np.testing.assert_array_equal(gains, again["confidence_gain"])  # seeded
