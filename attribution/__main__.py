@@ -23,11 +23,11 @@ def main(argv: list[str] | None = None) -> None:
     from data.loaders import load_trace_records
 
     r = parse_recipe(rest)
-    records, _ = load_trace_records(r.traces)
+    records, load = load_trace_records(r.traces)
     if command == "ig":
         from .runner import run
 
-        run(r.traces, r.attribution, r.model, records)
+        run(r.traces, r.attribution, r.model, records, load=load)
     elif command == "labels":
         from common.modeling import load_tokenizer
 
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
         needed = SELECTORS[r.selection.selector] is not None
         ran = (Path(r.attribution.attribution_dir) / "attributions").exists()
         attributions = load_attributions(r.attribution.attribution_dir) if needed or ran else None
-        write_labels(tok, records, attributions, r.traces, r.selection, r.sft.max_length, r.training.think_prefix)
+        write_labels(tok, records, attributions, r.traces, r.selection, r.sft.max_length, r.training.think_prefix, load)
     else:
         from .report import write_report
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from common.config import fingerprint
-from data.records import Record
+from data.records import LoadReport, Record
 from data.store import JsonlStore
 
 SETTINGS = "settings.json"
@@ -45,8 +45,9 @@ def shard(out: str | Path, rank: int, world: int) -> JsonlStore:
     return JsonlStore(Path(out) / "shards" / f"rank{rank}-of-{world}.jsonl")
 
 
-def merge(out: str | Path, records: list[Record], world: int, gap_warn: float) -> dict:
-    """Join the shards in record order into ``out/attributions`` and ``out/summary.json``."""
+def merge(out: str | Path, records: list[Record], world: int, gap_warn: float, load: LoadReport | None = None) -> dict:
+    """Join the shards in record order into ``out/attributions`` and ``out/summary.json``; the summary
+    accounts for every input row: records_in = skipped at load + attributed + skipped here."""
     import datasets
 
     out = Path(out)
@@ -64,7 +65,9 @@ def merge(out: str | Path, records: list[Record], world: int, gap_warn: float) -
     for r in ordered:
         if r["status"] != "ok":
             skipped.setdefault(r["reason"], []).append(r["id"])
+    load = load or LoadReport("records given by the caller", kept=len(records))
     summary = {
+        "records_in": load.rows, "skipped_at_load": load.skipped_ids,
         "records": len(ordered), "attributed": len(ok), "skipped": {k: len(v) for k, v in skipped.items()},
         "skipped_ids": skipped,
         "mean_completeness_gap": float(gaps.mean()) if len(gaps) else None,
@@ -77,7 +80,8 @@ def merge(out: str | Path, records: list[Record], world: int, gap_warn: float) -
         str(out / "attributions"))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     n_warn = len(summary[f"gap_over_{gap_warn}"])
-    print(f"attributed {len(ok)}/{len(ordered)} records; skipped {summary['skipped'] or 'none'}; "
+    print(f"attributed {len(ok)} of {load.rows} input records; skipped at load {dict(load.skipped) or 'none'}; "
+          f"skipped here {summary['skipped'] or 'none'}; "
           f"mean completeness gap {summary['mean_completeness_gap']}")
     if n_warn:
         print(f"WARNING: {n_warn} traces have a completeness gap > {gap_warn}: their attributions are not converged; "

@@ -20,7 +20,7 @@ import numpy as np
 
 from common.config import SELECTORS, SelectionArguments, TracesArguments
 from data.prompts import training_text
-from data.records import Record
+from data.records import LoadReport, Record
 
 from .alignment import PROMPT, TAIL, align
 from .labels_dataset import IGNORE, LabelSummary, save_labels, tokenizer_signature
@@ -88,10 +88,13 @@ def label_record(tokenizer, rec: Record, spans: list[list[int]], attribution: di
 
 
 def build_labels(tokenizer, records: list[Record], attributions: dict[str, dict] | None, cfg: SelectionArguments,
-                 traces: TracesArguments, max_length: int | None = None, think_prefix: str = ""):
+                 traces: TracesArguments, max_length: int | None = None, think_prefix: str = "",
+                 load: LoadReport | None = None):
     """(rows, LabelSummary) for all records; see the module docstring for what is dropped and why.
-    Without an attribution run (text-level selectors only) records are segmented with the traces' keywords."""
-    summary = LabelSummary(cfg.selector, cfg.label_mode, records_in=len(records), tokenizer=tokenizer_signature(tokenizer))
+    Without an attribution run (text-level selectors only) records are segmented with the traces' keywords.
+    The summary accounts for every input row: records_in = out + dropped + skipped at load (``load``)."""
+    summary = LabelSummary(cfg.selector, cfg.label_mode, records_in=load.rows if load else len(records),
+                           tokenizer=tokenizer_signature(tokenizer), skipped_at_load=load.skipped_ids if load else {})
     if attributions is None and SELECTORS[cfg.selector] is not None:
         raise ValueError(f"selector {cfg.selector!r} needs the attribution run; run `python -m attribution ig` first")
     rows = []
@@ -119,9 +122,10 @@ def build_labels(tokenizer, records: list[Record], attributions: dict[str, dict]
 
 
 def write_labels(tokenizer, records: list[Record], attributions: dict[str, dict] | None, traces: TracesArguments,
-                 cfg: SelectionArguments, max_length: int | None, think_prefix: str = "") -> LabelSummary:
+                 cfg: SelectionArguments, max_length: int | None, think_prefix: str = "",
+                 load: LoadReport | None = None) -> LabelSummary:
     """Labels as the recipe's sections ask for them, saved to ``cfg.labels_dir`` and summarised."""
-    rows, summary = build_labels(tokenizer, records, attributions, cfg, traces, max_length, think_prefix)
+    rows, summary = build_labels(tokenizer, records, attributions, cfg, traces, max_length, think_prefix, load)
     out = save_labels(rows, summary, cfg.labels_dir, parquet=True)
     print(summary.table())
     print(f"labels dataset: {Path(out) / 'dataset'}")

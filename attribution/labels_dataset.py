@@ -32,6 +32,7 @@ class LabelSummary:
     truncated: int = 0
     dropped: Counter = field(default_factory=Counter)
     dropped_ids: dict = field(default_factory=dict)
+    skipped_at_load: dict = field(default_factory=dict)  # reason -> where, from the loader's report
     tokenizer: dict = field(default_factory=dict)  # the signature training checks against the model's
 
     def drop(self, rid: str, reason: str) -> None:
@@ -41,7 +42,8 @@ class LabelSummary:
     def to_dict(self) -> dict:
         n = max(self.records_out, 1)
         return {"selector": self.selector, "mode": self.mode, "records_in": self.records_in,
-                "records_out": self.records_out, "segments_per_trace": self.segments / n,
+                "records_out": self.records_out, "skipped_at_load": self.skipped_at_load,
+                "segments_per_trace": self.segments / n,
                 "pct_segments_selected": 100 * self.segments_selected / max(self.segments, 1),
                 "pct_tokens_selected": 100 * self.trace_tokens_selected / max(self.trace_tokens, 1),
                 "truncated": self.truncated, "dropped": dict(self.dropped), "dropped_ids": self.dropped_ids,
@@ -54,6 +56,7 @@ class LabelSummary:
                 ("segments selected", f"{d['pct_segments_selected']:.1f}%"),
                 ("tokens selected", f"{d['pct_tokens_selected']:.1f}%"), ("truncated", str(self.truncated))]
         rows += [(f"dropped: {why}", str(n)) for why, n in sorted(self.dropped.items())]
+        rows += [(f"skipped at load: {why}", str(len(ids))) for why, ids in sorted(self.skipped_at_load.items())]
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 

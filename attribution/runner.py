@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from common.config import AttributionArguments, TracesArguments
 from data.prompts import attribution_text
-from data.records import Record
+from data.records import LoadReport, Record
 
 from . import attributions
 from .alignment import align
@@ -58,8 +58,9 @@ def attribution_model(cfg: AttributionArguments, model_args):
 
 
 def run(traces: TracesArguments, cfg: AttributionArguments, model_args, records: list[Record],
-        model=None, tokenizer=None) -> dict:
-    """Attribute every record into ``cfg.attribution_dir``; returns the summary (main process)."""
+        model=None, tokenizer=None, load: LoadReport | None = None) -> dict:
+    """Attribute every record into ``cfg.attribution_dir``; returns the summary (main process), which
+    also counts the rows ``load`` (the loader's report) skipped."""
     import torch
     from accelerate import PartialState
     from tqdm.auto import tqdm
@@ -93,6 +94,6 @@ def run(traces: TracesArguments, cfg: AttributionArguments, model_args, records:
     state.wait_for_everyone()
     summary = {}
     if state.is_main_process:
-        summary = attributions.merge(out, records, state.num_processes, cfg.ig_gap_warn)
+        summary = attributions.merge(out, records, state.num_processes, cfg.ig_gap_warn, load)
     state.wait_for_everyone()
     return summary

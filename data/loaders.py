@@ -73,36 +73,83 @@ def parse_chat_response(response: str, where: str = "record") -> dict[str, Any]:
             "answer": answer or None, "truncated": truncated}
 
 
+def jsonl_rows(path: str | Path) -> Iterator[tuple[str, dict[str, Any] | RecordError]]:
+    """``(where, row or error)`` for every non-blank line of a jsonl file: a line that is not UTF-8, not
+    JSON or not an object becomes a RecordError naming the file and line (the caller raises or skips)."""
+    with Path(path).open("rb") as f:  # splits on "\n" only: U+2028 may sit inside strings
+        for n, raw in enumerate(f, 1):
+            where = f"{path} line {n}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                yield where, RecordError(f"{where}: not UTF-8 text (byte {raw[err.start]:#04x} at column {err.start}); "
+                                         f"re-encode the file as UTF-8 (e.g. iconv -t utf-8)", reason="not UTF-8")
+                continue
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                yield where, RecordError(f"{where}: not valid JSON ({err.msg}); fix or remove that line",
+                                         reason="not valid JSON")
+                continue
+            yield where, row if isinstance(row, dict) else _not_object(where, row)
+
+
 def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Rows of a jsonl file; a bad line raises an error naming the file and line."""
-    with Path(path).open(encoding="utf-8") as f:  # splits on "\n" only: U+2028 may sit inside strings
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise RecordError(f"{path}:{n}: not valid JSON ({err.msg}); fix or remove that line") from err
+    """Rows of a jsonl file that must be whole (benchmarks, stored runs): the first bad line raises."""
+    for _, row in jsonl_rows(path):
+        if isinstance(row, RecordError):
+            raise row
+        yield row
 
 
-def _read_rows(source: str, split: str) -> Iterator[dict[str, Any]]:
+def _not_object(where: str, row) -> RecordError:
+    return RecordError(f"{where}: a {type(row).__name__}, not a JSON object of fields", reason="not a JSON object")
+
+
+def _read_rows(source: str, split: str) -> Iterator[tuple[str, dict[str, Any] | RecordError]]:
+    """``(where, row or error)`` for every row of a .jsonl / .json / .parquet file or a hub dataset."""
     path = Path(source)
     if path.suffix == ".jsonl":
-        yield from read_jsonl(path)
-    elif path.suffix == ".json":
-        rows = json.loads(path.read_text(encoding="utf-8"))
+        yield from jsonl_rows(path)
+        return
+    if path.suffix == ".json":
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{source}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
+                             f"re-encode the file as UTF-8") from err
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{source}: not valid JSON ({err.msg}, line {err.lineno}); a .json file is read whole, "
+                             f"so fix it or use .jsonl, where a bad line can be skipped") from err
         if isinstance(rows, dict):  # {"data": [...]} or {"train": [...]}
             rows = rows.get(split) or rows.get("data") or next(iter(rows.values()))
-        yield from rows
     elif path.suffix == ".parquet":
         import datasets
 
-        yield from datasets.Dataset.from_parquet(str(path))
+        rows = datasets.Dataset.from_parquet(str(path))
     elif path.exists():
         raise ValueError(f"{source}: unknown file type {path.suffix!r}; use .jsonl, .json or .parquet")
     else:  # a hub dataset by name
         import datasets
 
-        yield from datasets.load_dataset(source, split=split)
+        rows = datasets.load_dataset(source, split=split)
+    for i, row in enumerate(rows):
+        where = f"{source} record {i}"
+        yield where, row if isinstance(row, dict) else _not_object(where, row)
+
+
+def _text(row: dict, key: str, where: str, numbers: bool = False) -> str | None:
+    """Field ``key`` as text: strings as they are; numbers only where ``numbers`` (answers, ids: AMC stores
+    27.0, which becomes "27.0" and is graded as a number); anything else is refused, never str()-ed."""
+    value = row.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    if numbers and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise RecordError(f"{where}: field '{key}' is a {type(value).__name__}, not text; map a text column with "
+                      f"`fields`, or fix the source", reason=f"'{key}' is not text")
 
 
 def iter_records(source: str, fields: dict[str, str] | None = None, split: str = "train", chat: bool = False,
@@ -110,30 +157,31 @@ def iter_records(source: str, fields: dict[str, str] | None = None, split: str =
     """Yield ``(where, record or error)`` for every row; validation happens in :func:`load_records`."""
     mapping = {**(CHAT_FIELDS if chat else DEFAULT_FIELDS), **HUB_FIELDS.get(source, {}), **(fields or {})}
     name = name or Path(source).stem
-    for i, row in enumerate(_read_rows(source, split)):
-        rid = row.get(mapping["id"])
-        rid = f"{name}-{i}" if rid is None or rid == "" else str(rid)
-        where = f"{source} record {i} (id {rid})"
+    for i, (where, row) in enumerate(_read_rows(source, split)):
+        if isinstance(row, RecordError):
+            yield where, row
+            continue
         try:
+            rid = _text(row, mapping["id"], where, numbers=True)
+            rid = f"{name}-{i}" if rid is None or rid == "" else rid
+            where = f"{where} (id {rid})"
             meta = {k: v for k, v in row.items() if k not in mapping.values() and isinstance(v, (str, int, float, bool))}
             if isinstance(row.get("meta"), dict):  # records written by write_jsonl round-trip their metadata
                 meta.update(row["meta"])
             if chat:
-                response = row.get(mapping["response"])
-                if not isinstance(response, str) or not response.strip():
+                response = _text(row, mapping["response"], where)
+                if response is None or not response.strip():
                     raise RecordError(f"{where}: field '{mapping['response']}' is missing or empty",
                                       reason=f"missing or empty '{mapping['response']}'")
                 parsed = parse_chat_response(response, where)
-                question = row.get(mapping["question"])
+                question = _text(row, mapping["question"], where)
                 if question is None and "<｜User｜>" in parsed["prompt"]:
                     question = parsed["prompt"].split("<｜User｜>", 1)[1].split("<｜Assistant｜>", 1)[0]
                 meta.update(truncated=parsed["truncated"])
                 rec = Record(rid, question, parsed["trace"], parsed["answer"], name, meta, parsed["completion"])
             else:
-                values = {k: row.get(mapping[k]) for k in ("question", "trace", "answer", "completion")}
-                for k, v in values.items():
-                    if v is not None and not isinstance(v, str):
-                        values[k] = str(v)  # numeric answers (AMC: 27.0) become text
+                values = {k: _text(row, mapping[k], where, numbers=k == "answer")
+                          for k in ("question", "trace", "answer", "completion")}
                 rec = Record(rid, values["question"], values["trace"], values["answer"], name, meta,
                              values["completion"] or "")
         except RecordError as err:

@@ -49,10 +49,23 @@ class LoadReport:
     source: str
     kept: int = 0
     skipped: Counter = field(default_factory=Counter)
-    skipped_ids: list[str] = field(default_factory=list)
+    skipped_ids: dict[str, list[str]] = field(default_factory=dict)  # reason -> where (file, line or index, id)
+
+    @property
+    def rows(self) -> int:
+        """Every row read: kept + skipped."""
+        return self.kept + sum(self.skipped.values())
+
+    def skip(self, reason: str, where: str) -> None:
+        self.skipped[reason] += 1
+        self.skipped_ids.setdefault(reason, []).append(where)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "rows": self.rows, "kept": self.kept, "skipped": dict(self.skipped),
+                "skipped_ids": self.skipped_ids}
 
     def summary(self) -> str:
-        parts = [f"{self.source}: kept {self.kept}"]
+        parts = [f"{self.source}: {self.rows} rows, kept {self.kept}"]
         if self.skipped:
             parts.append("skipped " + ", ".join(f"{n} ({why})" for why, n in sorted(self.skipped.items())))
         return "; ".join(parts)
@@ -96,8 +109,7 @@ def validated(
         except RecordError as err:
             if on_bad == "raise":
                 raise
-            report.skipped[err.reason] += 1
-            report.skipped_ids.append(where)
+            report.skip(err.reason, where)
             continue
         seen[rec.id] = where
         report.kept += 1

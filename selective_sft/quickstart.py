@@ -93,15 +93,15 @@ def run(recipe_path: str, run_dir: str | None, overrides: list[str], n_train: in
         stage("data", lambda: {"train": str(write_jsonl(synthetic.generate(n_train, recipe.sft.seed, "train"), data / "train.jsonl")),
                                "eval": str(write_jsonl(synthetic.generate(n_eval, recipe.sft.seed, "eval"),
                                                        data / "synthetic" / "test.jsonl"))})
-    records, _ = load_trace_records(recipe.traces)
+    records, load = load_trace_records(recipe.traces)
     attr_dir = recipe.attribution.attribution_dir
-    stage("attribution", lambda: runner.run(recipe.traces, recipe.attribution, recipe.model, records))
+    stage("attribution", lambda: runner.run(recipe.traces, recipe.attribution, recipe.model, records, load=load))
     tok = load_tokenizer(recipe.model.model_name_or_path, recipe.traces.chat_template, recipe.training.think_tokens)
     attributions = load_attributions(attr_dir)
     # the recipe's selector against the full-CoT baseline, folders by the run-folder rule
     runs = {"selective": recipe.for_selector(recipe.selection.selector), "full_cot": recipe.for_selector("all")}
     label_summaries = {name: stage(f"labels_{name}", lambda r=r: write_labels(
-        tok, records, attributions, r.traces, r.selection, r.sft.max_length, r.training.think_prefix).to_dict())
+        tok, records, attributions, r.traces, r.selection, r.sft.max_length, r.training.think_prefix, load).to_dict())
         for name, r in runs.items()}
     for name, r in runs.items():  # both get the same schedule; a two-stage recipe trains full CoT first in both
         stage(f"train_{name}", lambda r=r: {"loss": train(r).state.log_history[-1]})

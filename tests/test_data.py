@@ -37,14 +37,107 @@ def test_bad_record_named_or_skipped_and_counted(tmp_path):
             {"id": "a", "question": "q", "trace": "t", "answer": "1"},
             {"id": "c", "question": "q", "trace": "t"}]
     path = _write(tmp_path, rows)
-    with pytest.raises(RecordError, match=r"record 1 \(id b\): field 'trace'"):
+    with pytest.raises(RecordError, match=r"line 2 \(id b\): field 'trace'"):
         load_records(path)
     recs, report = load_records(path, on_bad="skip")
     assert [r.id for r in recs] == ["a"]
-    assert report.kept == 1 and sum(report.skipped.values()) == 3
+    assert report.kept == 1 and sum(report.skipped.values()) == 3 and report.rows == 4
     assert report.skipped == {"missing or empty 'trace'": 1, "duplicate id": 1, "missing or empty 'answer'": 1}
     assert "1 (duplicate id)" in report.summary()
-    assert len(report.skipped_ids) == 3
+    assert sum(len(v) for v in report.skipped_ids.values()) == 3
+
+
+GOOD = [{"id": f"g{i}", "question": f"What is {i}+1?", "trace": f"It is {i + 1}.\n\nWait, yes.", "answer": str(i + 1)}
+        for i in range(5)]
+# the bad record, at line 4 of each file, and what the loader must say about it
+BAD = {
+    "not a JSON object": (["just a string"], r"line 4: a str, not a JSON object", "not a JSON object"),
+    "dict question": ({"id": "bad", "question": {"text": "q"}, "trace": "t", "answer": "1"},
+                      r"line 4 \(id bad\): field 'question' is a dict, not text", "'question' is not text"),
+    "list trace": ({"id": "bad", "question": "q", "trace": ["t"], "answer": "1"},
+                   r"line 4 \(id bad\): field 'trace' is a list, not text", "'trace' is not text"),
+    "missing answer": ({"id": "bad", "question": "q", "trace": "t"}, r"line 4 \(id bad\): field 'answer'",
+                       "missing or empty 'answer'"),
+    "empty trace": ({"id": "bad", "question": "q", "trace": " ", "answer": "1"}, r"line 4 \(id bad\): field 'trace'",
+                    "missing or empty 'trace'"),
+    "duplicate id": ({**GOOD[0]}, r"line 4 \(id g0\): duplicate id 'g0'", "duplicate id"),
+}
+
+
+def _with_bad(tmp_path, bad, suffix):
+    import datasets
+
+    rows = GOOD[:3] + [bad[0] if isinstance(bad, list) else bad] + GOOD[3:]
+    path = tmp_path / f"t{suffix}"
+    if suffix == ".jsonl":
+        path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    elif suffix == ".json":
+        path.write_text(json.dumps(rows))
+    else:
+        datasets.Dataset.from_list(rows).to_parquet(str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".parquet"])
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_record_at_line_4_named_or_counted(tmp_path, case, suffix):
+    bad, message, reason = BAD[case]
+    if suffix == ".parquet" and case in ("not a JSON object", "dict question", "list trace"):
+        pytest.skip("parquet columns have one type: such a row cannot be written")
+    path = _with_bad(tmp_path, bad, suffix)
+    where = message if suffix == ".jsonl" else message.replace("line 4", "record 3")  # files read whole: an index
+    with pytest.raises(RecordError, match=where):
+        load_records(path)
+    recs, report = load_records(path, on_bad="skip")
+    assert [r.id for r in recs] == [g["id"] for g in GOOD]  # the good ones, unchanged
+    assert report.rows == 6 and report.kept == 5 and report.skipped == {reason: 1}
+    assert report.kept + sum(report.skipped.values()) == report.rows
+
+
+def test_malformed_and_non_utf8_lines(tmp_path):
+    lines = [json.dumps(r) for r in GOOD]
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(("\n".join(lines[:3] + ['{"id": "bad", "question": '] + lines[3:]) + "\n").encode())
+    with pytest.raises(RecordError, match=r"t.jsonl line 4: not valid JSON"):
+        load_records(str(path))
+    recs, report = load_records(str(path), on_bad="skip")
+    assert len(recs) == 5 and report.skipped == {"not valid JSON": 1} and report.rows == 6
+    latin = json.dumps({"id": "lat", "question": "Caf\u00e9?", "trace": "t", "answer": "1"}, ensure_ascii=False)
+    path.write_bytes(("\n".join(lines[:3]) + "\n").encode() + latin.encode("latin-1") + ("\n" + "\n".join(lines[3:])).encode())
+    with pytest.raises(RecordError, match=r"line 4: not UTF-8 text \(byte 0xe9"):
+        load_records(str(path))
+    recs, report = load_records(str(path), on_bad="skip")
+    assert len(recs) == 5 and report.skipped == {"not UTF-8": 1}
+    whole = tmp_path / "t.json"
+    whole.write_bytes(json.dumps(GOOD).encode()[:-1] + "\u00e9]".encode("latin-1"))
+    with pytest.raises(ValueError, match="t.json: not UTF-8 text"):
+        load_records(str(whole))
+
+
+def test_numbers_stay_numbers_as_text(tmp_path):
+    """AMC stores answers as 27.0: a number becomes its text (graded as a number), never a dict repr."""
+    recs, _ = load_records(_write(tmp_path, [{"id": 7, "question": "q", "trace": "t", "answer": 27.0}]))
+    assert recs[0].id == "7" and recs[0].answer == "27.0"
+
+
+def test_cli_summaries_account_for_every_record(tmp_path):
+    """`python -m attribution ig` and `labels --selector all` on 5 good records and a duplicate id at
+    line 4, skipped: both summary.json files say 6 in, 5 attributed / trained, 1 skipped, by id."""
+    from attribution.__main__ import main
+
+    path = _with_bad(tmp_path, BAD["duplicate id"][0], ".jsonl")
+    args = ["--config", "recipes/tiny/selective.yaml", "--traces", path, "--run_dir", str(tmp_path / "run"),
+            "--on_bad", "skip", "--ig_steps", "2"]
+    main(["ig", *args])
+    main(["labels", *args, "--selector", "all"])
+    attr = json.loads((tmp_path / "run" / "attribution" / "summary.json").read_text())
+    assert attr["records_in"] == 6 and attr["attributed"] == 5 and attr["skipped_at_load"] == {
+        "duplicate id": [f"{path} line 4 (id g0)"]}
+    labels = json.loads((tmp_path / "run" / "labels" / "all" / "summary.json").read_text())
+    assert labels["records_in"] == 6 and labels["records_out"] == 5 and not labels["dropped"]
+    assert labels["skipped_at_load"] == attr["skipped_at_load"]
+    with pytest.raises(RecordError, match=r"line 4 \(id g0\): duplicate id"):
+        main(["labels", *args[:-4], "--selector", "all"])  # on_bad: raise names the record
 
 
 def test_last_boxed_nested():
