@@ -7,6 +7,7 @@ setup:
 	@bash scripts/setup_env.sh
 
 test: setup
+	PYTHON=$(PY) bash scripts/gpu_check.sh --dry-run
 	$(PY) -m pytest -q tests
 
 quickstart: setup

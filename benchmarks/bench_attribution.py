@@ -79,11 +79,11 @@ def paper_loop(model, al, pad_id: int, steps: int) -> np.ndarray:
     import torch
 
     emb = model.get_input_embeddings()
-    ids = torch.as_tensor(al.input_ids)[None]
+    ids = torch.as_tensor(al.input_ids, device=next(model.parameters()).device)[None]
     x = emb(ids).detach()
     xb = emb(torch.full_like(ids, pad_id)).detach()
     total = torch.zeros_like(x)
-    pos = torch.as_tensor(al.answer_positions)
+    pos = torch.as_tensor(al.answer_positions, device=ids.device)
     for a in np.linspace(0, 1, steps):
         model.zero_grad()
         e = (xb + float(a) * (x - xb)).requires_grad_(True)
@@ -91,7 +91,7 @@ def paper_loop(model, al, pad_id: int, steps: int) -> np.ndarray:
         f = logp[0, pos - 1, ids[0, pos]].sum()
         f.backward()
         total += e.grad / steps
-    return ((x - xb) * total).sum(-1)[0].numpy()
+    return ((x - xb) * total).sum(-1)[0].float().cpu().numpy()
 
 
 def timing_one(engine: str, tid: str, steps: int) -> None:

@@ -1,11 +1,11 @@
 """Training throughput: tokens/s and peak memory of the SFT path on selective labels.
 
-CPU (plain transformers + TRL): the tiny random Qwen2 and SmolLM2-135M-Instruct, each in its own
-process so peak RSS is its own. On a CUDA GPU, ``--model`` any hub model (e.g. a randomly
-initialised R1-Distill-Qwen-1.5B via ``--random-init``) and ``--unsloth true|false`` compare the paths.
+CPU (plain transformers + TRL): the tiny random Qwen2 and SmolLM2-135M-Instruct. On a CUDA GPU,
+``--model r1-distill-qwen-1.5b`` (the architecture with random weights, built offline by
+common.assets) and ``--unsloth false,true`` compare the paths. Each run is its own process, so peak
+memory is its own; gradient checkpointing is on for GPU runs.
     python -m benchmarks.bench_train                       # tiny-qwen2 and smollm2 on CPU
-    python -m benchmarks.bench_train --model deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B --random-init \\
-        --length 16384 --unsloth true                      # GPU
+    python -m benchmarks.bench_train --model r1-distill-qwen-1.5b --length 4096,16384 --batch 1 --unsloth false,true
 """
 from __future__ import annotations
 
@@ -19,13 +19,14 @@ import time
 from pathlib import Path
 
 
-def one(model: str, steps: int, batch: int, length: int, unsloth: str, random_init: bool) -> dict:
+def one(model: str, steps: int, batch: int, length: int, unsloth: str) -> dict:
     import torch
     from transformers import TrainerCallback
     from trl import ModelConfig, SFTConfig
 
     from attribution.labels import build_labels
     from attribution.labels_dataset import save_labels
+    from common.assets import R1_DISTILL_ARCHS, random_checkpoint
     from common.config import SelectionArguments, TracesArguments, TrainingArguments
     from common.modeling import load_tokenizer
     from common.recipe import make_recipe
@@ -33,7 +34,8 @@ def one(model: str, steps: int, batch: int, length: int, unsloth: str, random_in
     from data.records import Record
     from selective_sft.train import train
 
-    tok = load_tokenizer(model)
+    path = str(random_checkpoint(model)) if model in R1_DISTILL_ARCHS else model  # speed only: random weights
+    tok = load_tokenizer(path)
     recs = synthetic.generate(batch * steps, seed=7)
     if length > 300:  # long-context runs: repeat each trace up to the length
         recs = [Record(r.id, r.question, (r.trace + "\n\n") * max(1, length // 180), r.answer, r.source)
@@ -53,14 +55,7 @@ def one(model: str, steps: int, batch: int, length: int, unsloth: str, random_in
     config = SFTConfig(output_dir=str(tmp / "out"), max_length=length, max_steps=steps, per_device_train_batch_size=batch,
                        learning_rate=1e-5, save_strategy="no", report_to="none", bf16=gpu, use_cpu=not gpu,
                        loss_type="nll", gradient_checkpointing=gpu, logging_steps=steps)
-    margs = ModelConfig(model_name_or_path=model, dtype="bfloat16" if gpu else "float32")
-    if random_init:  # speed only: a randomly initialised model of the same architecture
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        path = tmp / "random"
-        AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model)).save_pretrained(path)
-        tok.save_pretrained(path)
-        margs.model_name_or_path = str(path)
+    margs = ModelConfig(model_name_or_path=path, dtype="bfloat16" if gpu else "float32")
     if gpu:
         torch.cuda.reset_peak_memory_stats()
     train(make_recipe(config, margs, selection=SelectionArguments(labels_dir=str(tmp / "labels")),
@@ -77,25 +72,26 @@ def main() -> None:
     p.add_argument("--model", default="tiny-qwen2,smollm2")
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--length", type=int, default=512)
-    p.add_argument("--unsloth", default="false")
-    p.add_argument("--random-init", action="store_true")
+    p.add_argument("--length", default="512", help="comma-separated sequence lengths")
+    p.add_argument("--unsloth", default="false", help="comma-separated: false, true")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.one:
-        print(json.dumps(one(a.model, a.steps, a.batch, a.length, a.unsloth, a.random_init)))
+        print(json.dumps(one(a.model, a.steps, a.batch, int(a.length), a.unsloth)))
         return
-    print("| model | unsloth | tokens/step | tokens/s | peak RSS MB | peak GPU MB |\n|---|---|---|---|---|---|")
+    print("| model | length | unsloth | tokens/step | tokens/s | peak RSS MB | peak GPU MB |\n|---|---|---|---|---|---|---|")
     for model in a.model.split(","):
-        cmd = [sys.executable, "-m", "benchmarks.bench_train", "--one", "--model", model, "--steps", str(a.steps), "--batch", str(a.batch),
-               "--length", str(a.length), "--unsloth", a.unsloth] + (["--random-init"] if a.random_init else [])
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode:
-            sys.exit(out.stderr[-3000:])
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        gpu = f"{r['peak_gpu_mb']:.0f}" if r["peak_gpu_mb"] is not None else "-"
-        print(f"| {model} | {r['unsloth']} | {r['tokens_per_step']:.0f} | {r['tokens_per_s']:.0f} | {r['peak_rss_mb']:.0f} | {gpu} |",
-              flush=True)
+        for length in a.length.split(","):
+            for unsloth in a.unsloth.split(","):
+                cmd = [sys.executable, "-m", "benchmarks.bench_train", "--one", "--model", model, "--steps", str(a.steps),
+                       "--batch", str(a.batch), "--length", length, "--unsloth", unsloth]
+                out = subprocess.run(cmd, capture_output=True, text=True)
+                if out.returncode:
+                    sys.exit(out.stderr[-3000:])
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                gpu = f"{r['peak_gpu_mb']:.0f}" if r["peak_gpu_mb"] is not None else "-"
+                print(f"| {model} | {length} | {unsloth} | {r['tokens_per_step']:.0f} | {r['tokens_per_s']:.0f} | "
+                      f"{r['peak_rss_mb']:.0f} | {gpu} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -163,3 +163,32 @@ def tiny_checkpoint(arch: str = "qwen2", cache: Path | None = None) -> Path:
         return out
     tok = tiny_tokenizer(cache=cache)
     return _save_once(out, tiny_model(tok, arch), tok)
+
+
+# The Qwen2 architectures of DeepSeek-R1-Distill-Qwen-1.5B and -7B, from their published config.json
+# values: GPU checks and benchmarks build them with random weights (nothing from the hub).
+R1_DISTILL_ARCHS = {
+    "r1-distill-qwen-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=False),
+    "r1-distill-qwen-7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                               num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
+}
+
+
+def random_checkpoint(arch: str, layers: int | None = None, dtype: str = "bfloat16", cache: Path | None = None) -> Path:
+    """A saved random model of an R1-Distill architecture (``layers`` overrides the depth, for quick
+    checks) with the tiny tokenizer, whose ids all fit the real vocabulary."""
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    if arch not in R1_DISTILL_ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; use one of {sorted(R1_DISTILL_ARCHS)}")
+    spec = {**R1_DISTILL_ARCHS[arch], **({"num_hidden_layers": layers} if layers else {})}
+    out = (cache or CACHE) / f"random-{arch}-{spec['num_hidden_layers']}l-{dtype}-{_tiny_key(1024)}"
+    if (out / "config.json").exists():
+        return out
+    tok = tiny_tokenizer(cache=cache)
+    config = Qwen2Config(**spec, max_position_embeddings=131072, rope_theta=10000.0, rms_norm_eps=1e-6,
+                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None)
+    torch.manual_seed(0)
+    return _save_once(out, AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype)), tok)

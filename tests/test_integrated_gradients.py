@@ -19,17 +19,18 @@ def _example(tok, i=0):
 def _captum(model, al, baseline_ids, method, steps):
     from captum.attr import LayerIntegratedGradients
 
-    ids = torch.as_tensor(al.input_ids).unsqueeze(0)
-    pos = torch.as_tensor(al.answer_positions)
+    device = next(model.parameters()).device
+    ids = torch.as_tensor(al.input_ids, device=device).unsqueeze(0)
+    pos = torch.as_tensor(al.answer_positions, device=device)
 
     def forward(input_ids):
         logp = torch.log_softmax(model(input_ids=input_ids).logits.float(), -1)
         return logp[:, pos - 1, :].gather(-1, input_ids[:, pos].unsqueeze(-1)).squeeze(-1).sum(-1)
 
     lig = LayerIntegratedGradients(forward, model.get_input_embeddings())
-    attr = lig.attribute(ids, baselines=baseline_ids.unsqueeze(0), method=method, n_steps=steps,
+    attr = lig.attribute(ids, baselines=baseline_ids.to(device).unsqueeze(0), method=method, n_steps=steps,
                          internal_batch_size=steps)
-    return attr.sum(-1)[0].detach().numpy()
+    return attr.sum(-1)[0].detach().float().cpu().numpy()
 
 
 @pytest.mark.parametrize("rule,method", [("riemann_midpoint", "riemann_middle"), ("gauss_legendre", "gausslegendre")])

@@ -1,0 +1,142 @@
+"""Integrated gradients on a CUDA GPU: this engine vs a paper-style loop, and the cost of LIMO-scale attribution.
+
+On random models of the R1-Distill-Qwen architectures (common.assets.random_checkpoint, bf16, nothing
+from the hub) and random token sequences of each length (IG's cost does not depend on the text):
+
+1. ``ig``: seconds per IG point and peak GPU memory at each --lengths, for the engine at each internal
+   batch with gradient checkpointing off and on, and for the paper-style loop (batch 1, full logits,
+   parameter gradients); an out-of-memory case is reported as such.
+2. ``limo``: H100-hours for 817 traces of --limo-tokens tokens (LIMO's length distribution is not
+   available offline: the mean is an input, stated in the output) at J = 50 with the 7B architecture,
+   from the measured s/point (fitted a L + b L^2 over the two lengths), next to the paper's ~7
+   GPU-hours and to a FLOP bound: each point is a forward and a backward to the inputs only, about
+   4 N L matmul FLOPs for N parameters (2 N L each way; no weight gradients) plus attention
+   (8 layers d L^2 over both passes), at the GPU's dense bf16 peak (--peak-tflops, H100 SXM: 989).
+
+    python -m benchmarks.bench_gpu --out runs/gpu_check/ig.md
+    python -m benchmarks.bench_gpu --dry-run        # the cases it would run, and why it cannot here
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from common.assets import R1_DISTILL_ARCHS
+
+LIMO_TRACES, PAPER_GPU_HOURS = 817, 7.0
+
+
+def cases(lengths: list[int], batches: list[int]) -> list[tuple[str, int, int, bool]]:
+    """(engine, length, internal batch, checkpointing) for every measured configuration."""
+    out = []
+    for length in lengths:
+        out += [("engine", length, b, c) for c in (False, True) for b in batches]
+        out.append(("paper_loop", length, 1, False))
+    return out
+
+
+def measure(model, engine: str, length: int, batch: int, checkpointing: bool, points: int) -> dict:
+    import torch
+
+    from attribution.integrated_gradients import integrated_gradients
+
+    from .bench_attribution import paper_loop
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(10, 1000, size=length)
+    answer = np.arange(length - 4, length)
+    mask = np.zeros(length, dtype=bool)
+    mask[64 : length - 16] = True  # a trace between a prompt and the forced answer
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    try:
+        if engine == "paper_loop":
+            paper_loop(model, SimpleNamespace(input_ids=ids, answer_positions=answer), 0, points)
+        else:
+            integrated_gradients(model, ids, answer, mask, 0, rule="riemann_right", steps=points, internal_batch=batch,
+                                 gradient_checkpointing=checkpointing)
+        torch.cuda.synchronize()
+    except torch.OutOfMemoryError:
+        return {"seconds_per_point": None, "peak_gb": None}
+    return {"seconds_per_point": (time.perf_counter() - t0) / points,
+            "peak_gb": (torch.cuda.max_memory_allocated() - base) / 2**30}
+
+
+def limo_hours(seconds: dict[int, float], tokens: int) -> float:
+    """817 traces x 50 points at ``tokens`` tokens, from s/point measured at two lengths (a L + b L^2)."""
+    (l1, s1), (l2, s2) = sorted(seconds.items())[:2]
+    b = (s2 / l2 - s1 / l1) / (l2 - l1)
+    a = s1 / l1 - b * l1
+    return LIMO_TRACES * 50 * (a * tokens + b * tokens**2) / 3600
+
+
+def flop_bound_hours(arch: str, tokens: int, peak_tflops: float) -> float:
+    s = R1_DISTILL_ARCHS[arch]
+    d, layers = s["hidden_size"], s["num_hidden_layers"]
+    kv = d // s["num_attention_heads"] * s["num_key_value_heads"]
+    n = layers * (2 * d * d + 2 * d * kv + 3 * d * s["intermediate_size"])  # the matmul weights a token meets
+    per_point = 4 * n * tokens + 8 * layers * d * tokens**2  # forward + input-gradient backward, attention included
+    return LIMO_TRACES * 50 * per_point / (peak_tflops * 1e12) / 3600
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="r1-distill-qwen-1.5b", choices=sorted(R1_DISTILL_ARCHS))
+    p.add_argument("--lengths", default="4096,16384")
+    p.add_argument("--batches", default="1,4,8,16")
+    p.add_argument("--points", type=int, default=4, help="IG points timed per case")
+    p.add_argument("--limo-tokens", type=int, default=6000, help="mean LIMO trace length assumed for the estimate")
+    p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the GPU (H100 SXM: 989)")
+    p.add_argument("--out", help="also write the tables to this markdown file")
+    p.add_argument("--dry-run", action="store_true")
+    a = p.parse_args()
+    lengths, batches = [int(x) for x in a.lengths.split(",")], [int(x) for x in a.batches.split(",")]
+    import torch
+
+    if a.dry_run or not torch.cuda.is_available():
+        why = "dry run" if a.dry_run else "no CUDA GPU here"
+        for c in cases(lengths, batches):
+            print(f"would measure {c[0]} at {c[1]} tokens, internal batch {c[2]}, checkpointing {c[3]} ({why})")
+        print(f"would estimate LIMO-scale H100-hours with r1-distill-qwen-7b at {a.limo_tokens} tokens ({why})")
+        return
+    from common.assets import random_checkpoint
+    from common.modeling import inference_model
+
+    lines = [f"## IG on {torch.cuda.get_device_name()}: {a.arch} (random bf16 weights), {a.points} points a case", "",
+             "| engine | tokens | internal batch | checkpointing | s / point | peak GB above the model |",
+             "|---|---|---|---|---|---|"]
+    model = inference_model(str(random_checkpoint(a.arch)), dtype="bfloat16")
+    for engine, length, batch, ckpt in cases(lengths, batches):
+        r = measure(model, engine, length, batch, ckpt, a.points)
+        cells = "out of memory | -" if r["seconds_per_point"] is None else f"{r['seconds_per_point']:.3f} | {r['peak_gb']:.1f}"
+        lines.append(f"| {engine} | {length} | {batch} | {ckpt} | {cells} |")
+        print(lines[-1], flush=True)
+    del model
+    torch.cuda.empty_cache()
+    big = inference_model(str(random_checkpoint("r1-distill-qwen-7b")), dtype="bfloat16")
+    best = {length: min(s for s in (measure(big, "engine", length, b, True, a.points)["seconds_per_point"] for b in (1, 4))
+                        if s is not None) for length in lengths[:2]}
+    hours = limo_hours(best, a.limo_tokens)
+    bound = flop_bound_hours("r1-distill-qwen-7b", a.limo_tokens, a.peak_tflops)
+    lines += ["", f"## LIMO-scale attribution with the 7B architecture ({LIMO_TRACES} traces, J = 50, "
+              f"{a.limo_tokens} tokens each: an assumed mean)", "",
+              "| | GPU-hours |", "|---|---|",
+              f"| this engine (best of internal batch 1/4, checkpointing on; s/point {best}) | {hours:.1f} |",
+              f"| the paper (App. C.4) | ~{PAPER_GPU_HOURS:.0f} |",
+              f"| FLOP bound at {a.peak_tflops:.0f} TFLOP/s (4 N L + 8 layers d L^2 per point) | {bound:.1f} |"]
+    text = "\n".join(lines)
+    print("\n".join(lines[-6:]))
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
