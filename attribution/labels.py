@@ -126,7 +126,7 @@ def write_labels(tokenizer, records: list[Record], attributions: dict[str, dict]
                  load: LoadReport | None = None) -> LabelSummary:
     """Labels as the recipe's sections ask for them, saved to ``cfg.labels_dir`` and summarised."""
     rows, summary = build_labels(tokenizer, records, attributions, cfg, traces, max_length, think_prefix, load)
-    out = save_labels(rows, summary, cfg.labels_dir, parquet=True)
+    out = save_labels(rows, summary, cfg.labels_dir)
     print(summary.table())
-    print(f"labels dataset: {Path(out) / 'dataset'}")
+    print(f"labels dataset: {out} (datasets.load_dataset({str(out)!r}, split='train'))")
     return summary

@@ -1,7 +1,8 @@
 """The labels dataset, handed from selection to any trainer: its columns, summary and checks.
 
-    <labels_dir>/dataset/        Hugging Face dataset (save_to_disk): one row per trained record
-    <labels_dir>/labels.parquet  the same rows as one parquet file
+    <labels_dir>/data/train-00000-of-00001.parquet   one row per trained record, in the hub's layout:
+                                                     datasets.load_dataset(<labels_dir>, split="train")
+                                                     (and so `trl sft --dataset_name <labels_dir>`) takes it
     <labels_dir>/summary.json    records in/out with drops by reason, shares trained, tokenizer signature
 
 Training columns: ``input_ids``, ``attention_mask``, ``labels`` (IGNORE on the prompt and on
@@ -67,16 +68,16 @@ def tokenizer_signature(tokenizer) -> dict:
             "bos_token_id": tokenizer.bos_token_id}
 
 
-def save_labels(rows: list[dict], summary: LabelSummary, out_dir: str | Path, parquet: bool = False) -> Path:
-    """``out_dir/dataset`` (save_to_disk), ``summary.json``, optionally ``labels.parquet``."""
+SHARD = Path("data") / "train-00000-of-00001.parquet"
+
+
+def save_labels(rows: list[dict], summary: LabelSummary, out_dir: str | Path) -> Path:
+    """The rows as ``out_dir/data/train-00000-of-00001.parquet``, and ``summary.json``."""
     import datasets
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ds = datasets.Dataset.from_list(rows)
-    ds.save_to_disk(str(out / "dataset"))
-    if parquet:
-        ds.to_parquet(str(out / "labels.parquet"))
+    (out / SHARD).parent.mkdir(parents=True, exist_ok=True)
+    datasets.Dataset.from_list(rows).to_parquet(str(out / SHARD))
     (out / "summary.json").write_text(json.dumps(summary.to_dict(), indent=1))
     return out
 
@@ -86,9 +87,9 @@ def load_labels(labels_dir: str | Path, tokenizer=None):
     import datasets
 
     labels_dir = Path(labels_dir)
-    if not (labels_dir / "dataset").exists():
-        raise FileNotFoundError(f"{labels_dir}/dataset not found: build it with `python -m attribution labels --config ...`")
-    ds = datasets.load_from_disk(str(labels_dir / "dataset"))
+    if not (labels_dir / SHARD).exists():
+        raise FileNotFoundError(f"{labels_dir / SHARD} not found: build it with `python -m attribution labels --config ...`")
+    ds = datasets.load_dataset(str(labels_dir), split="train")
     missing = [c for c in TRAIN_COLUMNS if c not in ds.column_names]
     if missing:
         raise ValueError(f"{labels_dir}: labels dataset lacks columns {missing}")

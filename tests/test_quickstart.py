@@ -11,9 +11,9 @@ def test_quickstart_every_stage(tmp_path):
     out = run(str(DEFAULT_RECIPE), str(tmp_path), ["--model_name_or_path", "tiny-qwen2",
               "--num_train_epochs", "1", "--eval_max_new_tokens", "8", "--ig_steps", "4"], n_train=6, n_eval=4)
     # folders by the run-folder rule: labels/<selector>, models/<selector>, eval/<selector>
-    ds = datasets.load_from_disk(str(tmp_path / "labels" / "paper" / "dataset"))
+    ds = datasets.load_dataset(str(tmp_path / "labels" / "paper"), split="train")
     assert len(ds) == 6 and {"input_ids", "labels", "selected"} <= set(ds.column_names)
-    full = datasets.load_from_disk(str(tmp_path / "labels" / "all" / "dataset"))
+    full = datasets.load_dataset(str(tmp_path / "labels" / "all"), split="train")
     assert all(all(full[i]["selected"]) for i in range(len(full)))
     for name in ("paper", "all"):
         AutoModelForCausalLM.from_pretrained(tmp_path / "models" / name)

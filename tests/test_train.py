@@ -67,7 +67,7 @@ def test_loss_over_accumulation_by_hand(two_labels_dir, tmp_path, tiny_tok, norm
     per-sequence means; TRL's token mode divides the summed NLL by all selected tokens of the step."""
     import datasets
 
-    ds = datasets.load_from_disk(str(two_labels_dir / "dataset"))
+    ds = datasets.load_dataset(str(two_labels_dir), split="train")
     assert len(set(sum(1 for x in ex["labels"] if x != IGNORE) for ex in ds)) == 2  # unequal counts matter
     grab = Grab()
     config = _config(tmp_path, max_steps=1, learning_rate=0.0, max_grad_norm=0.0)
@@ -172,11 +172,38 @@ def test_resume_matches_uninterrupted(labels_dir, tmp_path):
 def test_mismatched_tokenizer_refused(labels_dir, tmp_path):
     summary = json.loads((labels_dir / "summary.json").read_text())
     bad = tmp_path / "bad"
-    (bad / "dataset").parent.mkdir(parents=True, exist_ok=True)
     import shutil
 
-    shutil.copytree(labels_dir / "dataset", bad / "dataset")
+    shutil.copytree(labels_dir / "data", bad / "data")
     summary["tokenizer"]["vocab_size"] += 1
     (bad / "summary.json").write_text(json.dumps(summary))
     with pytest.raises(ValueError, match="another tokenizer"):
         train(_recipe(bad, _config(tmp_path)))
+
+
+def test_trl_sft_cli_trains_on_the_labels_folder(labels_dir, tmp_path):
+    """TRL's own `trl sft`, from a recipe of TRL keys only, trains on the labels folder by name, and its
+    first loss is ours (token normalisation, TRL's): the labels are consumed as they are."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from common.assets import tiny_checkpoint
+
+    keys = dict(model_name_or_path=str(tiny_checkpoint("qwen2")), dataset_name=str(labels_dir),
+                output_dir=str(tmp_path / "cli"), max_steps=2, per_device_train_batch_size=2, learning_rate=0.0,
+                logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, bf16=False, seed=0,
+                shuffle_dataset=False, max_length=512, dataset_num_proc=1)
+    recipe = tmp_path / "trl_only.yaml"
+    recipe.write_text(yaml.safe_dump(keys))  # quoted where YAML would misread ("no")
+    res = subprocess.run([str(Path(sys.executable).with_name("trl")), "sft", "--config", str(recipe)],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    cli_loss = float(re.search(r"'loss': '?([0-9.]+)", res.stdout + res.stderr).group(1))
+    ours = train(_recipe(labels_dir, _config(tmp_path, max_steps=1, learning_rate=0.0, per_device_train_batch_size=2,
+                                             gradient_accumulation_steps=1), "token"))
+    assert cli_loss == pytest.approx(ours.state.log_history[0]["loss"], rel=1e-3)
+    assert (tmp_path / "cli" / "model.safetensors").exists()
