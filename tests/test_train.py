@@ -207,3 +207,29 @@ def test_trl_sft_cli_trains_on_the_labels_folder(labels_dir, tmp_path):
                                              gradient_accumulation_steps=1), "token"))
     assert cli_loss == pytest.approx(ours.state.log_history[0]["loss"], rel=1e-3)
     assert (tmp_path / "cli" / "model.safetensors").exists()
+
+
+def test_lora_run_evaluates_as_adapter_and_merged(labels_dir, tmp_path):
+    """A LoRA run's output loads for generation as it is, and merged into full weights it gives the same
+    logits and the same greedy tokens."""
+    from common.modeling import inference_model, load_tokenizer
+    from selective_sft.merge import merge
+
+    model_args = ModelConfig(model_name_or_path="tiny-qwen2", use_peft=True, lora_r=4, lora_alpha=8,
+                             lora_target_modules=["q_proj", "v_proj"])
+    recipe = make_recipe(_config(tmp_path, max_steps=3, learning_rate=5e-2, per_device_train_batch_size=4,
+                                 gradient_accumulation_steps=1), model_args,
+                         training=TrainingArguments(use_unsloth="false"), selection=SelectionArguments(labels_dir=str(labels_dir)))
+    train(recipe)
+    adapter = tmp_path / "out"
+    assert (adapter / "adapter_config.json").exists() and not (adapter / "model.safetensors").exists()
+    merged = merge(adapter, tmp_path / "merged")
+    tok = load_tokenizer(str(adapter))
+    ids = torch.tensor([tok("What is 3 + 4?", add_special_tokens=False)["input_ids"]])
+    a, b, base = (inference_model(str(p)) for p in (adapter, merged, "tiny-qwen2"))
+    with torch.no_grad():
+        la, lb, l0 = (m(input_ids=ids).logits for m in (a, b, base))
+        ga, gb = (m.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id) for m in (a, b))
+    torch.testing.assert_close(la, lb, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(la, l0, atol=1e-3)  # the adapter did change the model
+    assert ga.tolist() == gb.tolist()
