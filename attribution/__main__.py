@@ -1,15 +1,17 @@
-"""CLI: ``python -m attribution {ig,labels,report} --config recipes/<model>/<method>.yaml [--key value ...]``.
+"""CLI: ``python -m attribution {ig,labels,report,relabel} --config recipes/<model>/<method>.yaml [--key value ...]``.
 
 - ``ig``: integrated gradients for every trace (resumable; ``accelerate launch -m attribution ig`` shards it).
-- ``labels``: selection -> the labels dataset (``labels_dir/dataset``) and its summary table.
+- ``labels``: selection -> the labels dataset (``labels_dir``) and its summary table.
 - ``report``: plots and the HTML viewer of a labels run.
+- ``relabel --from DIR``: the labels dataset in DIR, rebuilt for the recipe's model's tokenizer from its
+  portable ``messages`` form, into the recipe's ``labels_dir``.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-COMMANDS = ("ig", "labels", "report")
+COMMANDS = ("ig", "labels", "report", "relabel")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -17,12 +19,25 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] not in COMMANDS:
         sys.exit(__doc__)
     command, rest = argv[0], argv[1:]
+    if command == "relabel":
+        if "--from" not in rest:
+            sys.exit("relabel needs --from LABELS_DIR (a labels folder made with another tokenizer)")
+        at = rest.index("--from")
+        source, rest = rest[at + 1], rest[:at] + rest[at + 2 :]
     from common.config import SELECTORS
     from common.dist import close_process_group
     from common.recipe import parse_recipe
     from data.loaders import load_trace_records
 
     r = parse_recipe(rest)
+    if command == "relabel":
+        from common.modeling import load_tokenizer
+
+        from .labels import relabel_dataset
+
+        tok = load_tokenizer(r.model.model_name_or_path, r.traces.chat_template, r.training.think_tokens)
+        print(relabel_dataset(tok, source, r.selection.labels_dir, r.sft.max_length, r.training.think_prefix).table())
+        return close_process_group()
     records, load = load_trace_records(r.traces)
     if command == "ig":
         from .runner import run

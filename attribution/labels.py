@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from common.config import SELECTORS, SelectionArguments, TracesArguments
-from data.prompts import training_text
+from data.prompts import build_text, training_text
 from data.records import LoadReport, Record
 
 from .alignment import PROMPT, TAIL, align
-from .labels_dataset import IGNORE, LabelSummary, save_labels, tokenizer_signature
+from .labels_dataset import IGNORE, LabelSummary, load_labels, save_labels, tokenizer_signature
 from .segments import segments_from_spans, split_segments
 from .selection import select, selector_params, trace_view
 
@@ -39,6 +39,41 @@ def selected_chars(attribution: dict, token_selected: np.ndarray, trace_len: int
     for a, b in zip(starts[inside][token_selected[inside]], ends[token_selected[inside]]):
         chars[max(a, 0) : b] = True
     return chars
+
+
+def _runs(text: str, chars: np.ndarray) -> list[tuple[str, bool]]:
+    """``text`` cut where ``chars`` (a per-character train flag) changes: [(piece, train)]."""
+    cuts = [0, *np.flatnonzero(np.diff(chars.astype(np.int8))) + 1, len(text)]
+    return [(text[a:b], bool(chars[a])) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+
+
+def to_messages(prompt_messages: list[dict], parts: list[tuple[str, bool]]) -> list[dict]:
+    """The portable text form: the prompt's messages, then the assistant turn as its parts, each with
+    its text and train flag, and the same as axolotl's ``train_detail`` character spans (inclusive ends)."""
+    content, detail, at = "", [], 0
+    for text, train in parts:
+        if text:
+            detail.append({"begin_offset": at, "end_offset": at + len(text) - 1, "train": train})
+            content, at = content + text, at + len(text)
+    return [*prompt_messages, {"role": "assistant", "content": content, "train_detail": detail,
+                               "parts": [{"text": t, "train": tr} for t, tr in parts if t]}]
+
+
+def relabel(tokenizer, messages: list[dict], think_prefix: str = "") -> dict:
+    """Token labels for ``tokenizer`` from the portable text form: a token is trained when its first
+    character lies in a trained part; EOS is trained. The same tokenizer gives back the same labels."""
+    *prompt, assistant = messages
+    rendered = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True) + think_prefix
+    pt = build_text(rendered, assistant["content"], tokenizer.eos_token)
+    spans = [[d["begin_offset"], d["end_offset"] + 1] for d in assistant["train_detail"]]
+    al = align(tokenizer, pt, segments_from_spans(assistant["content"], spans))
+    train = np.asarray([d["train"] for d in assistant["train_detail"]], dtype=bool)
+    inside = al.token_segment >= 0
+    trained = al.token_segment == TAIL
+    trained[inside] = train[al.token_segment[inside]]
+    return {"input_ids": al.input_ids.tolist(), "attention_mask": [1] * len(al.input_ids),
+            "labels": np.where(trained, al.input_ids, IGNORE).tolist(),
+            "_trace_tokens": int(inside.sum()), "_trained_trace_tokens": int(trained[inside].sum())}
 
 
 def label_record(tokenizer, rec: Record, spans: list[list[int]], attribution: dict | None, cfg: SelectionArguments,
@@ -73,8 +108,15 @@ def label_record(tokenizer, rec: Record, spans: list[list[int]], attribution: di
     labels = np.where(trained, ids, IGNORE)
     scores, k = view.scores, len(segs)
     zeros = [0.0] * k
+    if cfg.label_mode == "prune":
+        parts = [(kept, True)]
+    elif seg_sel is not None:
+        parts = [(s.text, bool(keep)) for s, keep in zip(segs, seg_sel)]
+    else:
+        parts = _runs(rec.trace, selected_chars(attribution, sel.token_selected, len(rec.trace)))
     return {
         "id": rec.id, "input_ids": ids.tolist(), "attention_mask": [1] * len(ids), "labels": labels.tolist(),
+        "messages": to_messages(pt.prompt_messages, parts + [(rec.completion, True)]),
         "segment_char_spans": [[s.start, s.end] for s in segs], "segment_token_spans": token_spans,
         "strength": scores.strength.tolist() if scores else zeros,
         "norm_strength": scores.norm_strength.tolist() if scores else zeros,
@@ -105,20 +147,44 @@ def build_labels(tokenizer, records: list[Record], attributions: dict[str, dict]
             continue
         spans = attr["segments"] if attr else [[s.start, s.end] for s in split_segments(rec.trace, traces.keyword_list)]
         row = label_record(tokenizer, rec, spans, attr, cfg, traces.system_prompt, think_prefix)
-        if max_length is not None and len(row["labels"]) > max_length:
-            summary.truncated += 1
-            for key in ("input_ids", "attention_mask", "labels"):
-                row[key] = row[key][:max_length]
-        if not any(x != IGNORE for x in row["labels"]):
-            summary.drop(rec.id, "no trained token (after truncation to max_length)")
-            continue
-        summary.records_out += 1
-        summary.segments += len(row["selected"])
-        summary.segments_selected += int(sum(row["selected"]))
-        summary.trace_tokens += row.pop("_trace_tokens")
-        summary.trace_tokens_selected += row.pop("_trained_trace_tokens")
-        rows.append(row)
+        if _fits(row, summary, max_length):
+            summary.trace_tokens += row.pop("_trace_tokens")
+            summary.trace_tokens_selected += row.pop("_trained_trace_tokens")
+            rows.append(row)
     return rows, summary
+
+
+def _fits(row: dict, summary: LabelSummary, max_length: int | None) -> bool:
+    """Truncate ``row`` to max_length; False (dropped and counted) when no trained token is left."""
+    if max_length is not None and len(row["labels"]) > max_length:
+        summary.truncated += 1
+        for key in ("input_ids", "attention_mask", "labels"):
+            row[key] = row[key][:max_length]
+    if not any(x != IGNORE for x in row["labels"]):
+        summary.drop(row["id"], "no trained token (after truncation to max_length)")
+        return False
+    summary.records_out += 1
+    summary.segments += len(row["selected"])
+    summary.segments_selected += int(sum(row["selected"]))
+    return True
+
+
+def relabel_dataset(tokenizer, source_dir: str | Path, out_dir: str | Path, max_length: int | None = None,
+                    think_prefix: str = "") -> LabelSummary:
+    """A labels dataset for ``tokenizer`` rebuilt from another one's portable ``messages`` form (any
+    tokenizer made it); its token shares count the assistant's parts (the completion with the trace)."""
+    rows = list(load_labels(source_dir))
+    summary = LabelSummary(rows[0]["selector"] if rows else "", rows[0]["mode"] if rows else "", records_in=len(rows),
+                           tokenizer=tokenizer_signature(tokenizer))
+    out = []
+    for row in rows:
+        row = {**row, **relabel(tokenizer, row["messages"], think_prefix), "segment_token_spans": []}
+        if _fits(row, summary, max_length):
+            summary.trace_tokens += row.pop("_trace_tokens")
+            summary.trace_tokens_selected += row.pop("_trained_trace_tokens")
+            out.append(row)
+    save_labels(out, summary, out_dir)
+    return summary
 
 
 def write_labels(tokenizer, records: list[Record], attributions: dict[str, dict] | None, traces: TracesArguments,

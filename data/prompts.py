@@ -21,10 +21,16 @@ class PromptedText:
     trace_start: int
     trace_end: int
     answer_span: tuple[int, int] | None = None  # chars of the gold answer inside the tail, if any
+    prompt_messages: tuple = ()  # the chat messages the prompt was rendered from
 
     @property
     def prompt(self) -> str:
         return self.text[: self.trace_start]
+
+
+def prompt_messages(question: str, system: str | None = None, instruction: str = INSTRUCTION) -> list[dict]:
+    """The chat messages of a prompt: an optional system message and the user's question + instruction."""
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question + instruction}]
 
 
 def render_prompt(tokenizer, question: str, system: str | None = None, instruction: str = INSTRUCTION,
@@ -35,14 +41,13 @@ def render_prompt(tokenizer, question: str, system: str | None = None, instructi
             f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template; set one "
             f"(e.g. common.assets.CHATML_TEMPLATE or the model's .jinja) before formatting prompts"
         )
-    messages = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user", "content": question + instruction}
-    ]
+    messages = prompt_messages(question, system, instruction)
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + think_prefix
 
 
-def build_text(prompt: str, trace: str, tail: str, answer: str | None = None) -> PromptedText:
-    """Join prompt, trace and tail, keeping spans; ``answer`` is located inside the tail."""
+def build_text(prompt: str, trace: str, tail: str, answer: str | None = None, messages: list[dict] = ()) -> PromptedText:
+    """Join prompt, trace and tail, keeping spans; ``answer`` is located inside the tail; ``messages``: the
+    prompt's chat messages."""
     text = prompt + trace + tail
     span = None
     if answer is not None:
@@ -50,7 +55,7 @@ def build_text(prompt: str, trace: str, tail: str, answer: str | None = None) ->
         if at < 0:
             raise ValueError(f"answer {answer!r} does not occur in the tail {tail!r}")
         span = (len(prompt) + len(trace) + at, len(prompt) + len(trace) + at + len(answer))
-    return PromptedText(text, len(prompt), len(prompt) + len(trace), span)
+    return PromptedText(text, len(prompt), len(prompt) + len(trace), span, tuple(messages))
 
 
 def training_text(tokenizer, question: str, trace: str, completion: str = "", system: str | None = None,
@@ -59,7 +64,7 @@ def training_text(tokenizer, question: str, trace: str, completion: str = "", sy
     if tokenizer.eos_token is None:
         raise ValueError("tokenizer has no eos_token; set one so the model learns to stop")
     return build_text(render_prompt(tokenizer, question, system, think_prefix=think_prefix), trace,
-                      completion + tokenizer.eos_token)
+                      completion + tokenizer.eos_token, messages=prompt_messages(question, system))
 
 
 def attribution_text(tokenizer, question: str, trace: str, answer: str, suffix: str,

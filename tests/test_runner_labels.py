@@ -251,3 +251,39 @@ def test_feature_baselines_through_runner(tmp_path, tiny_tok, tiny_qwen2):
         assert summary.records_out == 3 and summary.to_dict()["pct_tokens_selected"] >= 50
         for rec, row in zip(recs, rows):
             assert len(attrs[rec.id]["features"][selector]) == len(row["selected"]) and row["selected"][0]
+
+
+@pytest.mark.parametrize("selector", ["paper", "high_abs_ig_tokens"])
+def test_portable_messages_rebuild_labels(attributed, tiny_tok, qwen_tok, selector, tmp_path):
+    """The messages form carries the selection as text parts and axolotl's train_detail spans: the same
+    tokenizer rebuilds the exact labels; another one trains the same text, up to boundary tokens."""
+    from attribution.labels import relabel, relabel_dataset
+
+    recs, attrs = attributed
+    rows, summary = _labels(tiny_tok, recs, attrs, selector)
+    for rec, row in zip(recs, rows):
+        user, assistant = row["messages"]
+        assert user["role"] == "user" and assistant["content"] == rec.trace + rec.completion
+        assert "".join(p["text"] for p in assistant["parts"]) == assistant["content"]
+        for d, p in zip(assistant["train_detail"], assistant["parts"]):  # inclusive ends, as axolotl reads them
+            assert assistant["content"][d["begin_offset"] : d["end_offset"] + 1] == p["text"] and d["train"] == p["train"]
+        again = relabel(tiny_tok, row["messages"])
+        assert (again["input_ids"], again["labels"]) == (row["input_ids"], row["labels"])
+        other = relabel(qwen_tok, row["messages"])
+        trained = "".join(p["text"] for p in assistant["parts"] if p["train"]) + qwen_tok.eos_token
+        decoded = qwen_tok.decode([x for x in other["labels"] if x != IGNORE])
+        if selector == "paper":  # whole segments: the same text, up to the tokens straddling a boundary
+            assert "".join(decoded.split()) == "".join(trained.split())
+        else:  # sub-word runs: another vocabulary cuts their edges elsewhere; the trained share stays close
+            assert abs(len(decoded) - len(trained)) < 0.15 * len(trained)
+    save_labels(rows, summary, tmp_path / "tiny")
+    s = relabel_dataset(qwen_tok, tmp_path / "tiny", tmp_path / "qwen")
+    assert s.records_out == len(rows) and s.tokenizer["vocab_size"] == len(qwen_tok)
+    from attribution.__main__ import main
+    from attribution.labels_dataset import load_labels
+    from common.modeling import load_tokenizer
+
+    main(["relabel", "--config", "recipes/tiny/selective.yaml", "--from", str(tmp_path / "tiny"),
+          "--labels_dir", str(tmp_path / "cli")])  # into the tiny recipe's tokenizer, as its model loads it
+    recipe_tok = load_tokenizer("tiny-qwen2")
+    assert list(load_labels(tmp_path / "cli")["labels"]) == [relabel(recipe_tok, r["messages"])["labels"] for r in rows]
