@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> None:
         needed = SELECTORS[r.selection.selector] is not None
         ran = (Path(r.attribution.attribution_dir) / "attributions").exists()
         attributions = load_attributions(r.attribution.attribution_dir) if needed or ran else None
-        write_labels(tok, records, attributions, r.traces, r.selection, r.sft.max_length, r.training.think_prefix, load)
+        write_labels(tok, records, attributions, r.traces, r.selection, r.sft.max_length, r.training.think_prefix, load,
+                     r.attribution, r.attribution.attribution_model_name_or_path or r.model.model_name_or_path,
+                     " ".join(["python -m attribution", *argv]))
     else:
         from .report import write_report
 

@@ -4,6 +4,7 @@
                                                      datasets.load_dataset(<labels_dir>, split="train")
                                                      (and so `trl sft --dataset_name <labels_dir>`) takes it
     <labels_dir>/summary.json    records in/out with drops by reason, shares trained, tokenizer signature
+    <labels_dir>/README.md       the dataset card: YAML metadata (features, license, size) and how it was made
 
 Training columns: ``input_ids``, ``attention_mask``, ``labels`` (IGNORE on the prompt and on
 unselected segments). Segment metadata: id, segment_char_spans, segment_token_spans, strength,
@@ -80,6 +81,50 @@ def save_labels(rows: list[dict], summary: LabelSummary, out_dir: str | Path) ->
     datasets.Dataset.from_list(rows).to_parquet(str(out / SHARD))
     (out / "summary.json").write_text(json.dumps(summary.to_dict(), indent=1))
     return out
+
+
+def write_card(labels_dir: str | Path, summary: LabelSummary, made_by: dict, license: str | None) -> Path:
+    """``labels_dir/README.md``: hub metadata (features, license, size, the data files) and what made
+    these labels (``made_by``: selector, attribution and tokenizer facts, the command)."""
+    import datasets
+    from datasets.info import DatasetInfosDict
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    labels_dir = Path(labels_dir)
+    ds = datasets.Dataset.from_parquet(str(labels_dir / SHARD))
+    n = len(ds)
+    size = "n<1K" if n < 1000 else "1K<n<10K" if n < 10_000 else "10K<n<100K" if n < 100_000 else "n>100K"
+    data = DatasetCardData(license=license or "other", size_categories=[size], task_categories=["text-generation"],
+                           tags=["reasoning", "selective-sft"],
+                           configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}])
+    DatasetInfosDict({"default": ds.info}).to_dataset_card_data(data)
+    s = summary.to_dict()
+    facts = "\n".join(f"| {k} | {v} |" for k, v in made_by.items())
+    body = f"""# Segment-selective SFT labels: {summary.selector} ({summary.mode})
+
+Token labels for supervised fine-tuning on long reasoning traces (Wang, Liu & Ren, ICLR 2026): `labels`
+is `input_ids` on the trained segments and the final answer, -100 on the prompt and masked segments.
+Load with `datasets.load_dataset(...)`; each row also carries a portable `messages` form.
+
+| | |
+|---|---|
+| records | {s['records_out']} of {s['records_in']} in (dropped: {sum(s['dropped'].values())}, skipped at load: {sum(len(v) for v in s['skipped_at_load'].values())}) |
+| segments per trace | {s['segments_per_trace']:.1f} |
+| segments trained | {s['pct_segments_selected']:.1f}% |
+| tokens trained | {s['pct_tokens_selected']:.1f}% |
+{facts}
+"""
+    card = DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+    card.save(labels_dir / "README.md")
+    return labels_dir / "README.md"
+
+
+def push(labels_dir: str | Path, repo: str) -> None:
+    """Upload the labels folder (data and card) to the hub dataset ``repo``."""
+    from huggingface_hub import HfApi
+
+    HfApi().create_repo(repo, repo_type="dataset", exist_ok=True)
+    HfApi().upload_folder(folder_path=str(labels_dir), repo_id=repo, repo_type="dataset")
 
 
 def load_labels(labels_dir: str | Path, tokenizer=None):

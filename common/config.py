@@ -75,7 +75,7 @@ class RunArguments:
 class TracesArguments:
     """The traces the method learns from, and how they are segmented."""
 
-    RUN_ONLY: ClassVar[tuple[str, ...]] = ("on_bad",)
+    RUN_ONLY: ClassVar[tuple[str, ...]] = ("on_bad", "traces_license")
 
     traces: str = field(default="GAIR/LIMO", metadata={"help": "hub dataset name, or a .jsonl/.json/.parquet path"})
     traces_split: str = "train"
@@ -86,6 +86,8 @@ class TracesArguments:
     chat_template: str | None = field(default=None, metadata={"help": "path of a .jinja template to use instead of the tokenizer's"})
     system_prompt: str | None = None
     keywords: str = field(default="paper", metadata={"help": "'paper', 'fine', or a comma-separated list"})
+    traces_license: str | None = field(default=None, metadata={
+        "help": "the traces' license, written into the labels' dataset card (hub id, e.g. apache-2.0); default: other"})
 
     def __post_init__(self):
         if isinstance(self.traces_fields, str):
@@ -154,6 +156,8 @@ class SelectionArguments:
     selection_seed: int = 0
     label_mode: str = field(default="mask", metadata={"help": "'mask' unselected segments, or 'prune' them from the text"})
     labels_dir: str | None = field(default=None, metadata={"help": "default: <run_dir>/labels/<labels name>"})
+    labels_hub_repo: str | None = field(default=None, metadata={
+        "help": "upload the labels with their dataset card to this hub dataset repo (TRL's push_to_hub is the model's)"})
 
     def __post_init__(self):
         _one_of("selection", "selector", self.selector, SELECTORS)

@@ -127,7 +127,7 @@ def test_cli_summaries_account_for_every_record(tmp_path):
 
     path = _with_bad(tmp_path, BAD["duplicate id"][0], ".jsonl")
     args = ["--config", "recipes/tiny/selective.yaml", "--traces", path, "--run_dir", str(tmp_path / "run"),
-            "--on_bad", "skip", "--ig_steps", "2"]
+            "--traces_license", "apache-2.0", "--on_bad", "skip", "--ig_steps", "2"]
     main(["ig", *args])
     main(["labels", *args, "--selector", "all"])
     attr = json.loads((tmp_path / "run" / "attribution" / "summary.json").read_text())
@@ -136,6 +136,18 @@ def test_cli_summaries_account_for_every_record(tmp_path):
     labels = json.loads((tmp_path / "run" / "labels" / "all" / "summary.json").read_text())
     assert labels["records_in"] == 6 and labels["records_out"] == 5 and not labels["dropped"]
     assert labels["skipped_at_load"] == attr["skipped_at_load"]
+    # the dataset card: hub metadata that load_dataset honours, and how the labels were made
+    import datasets
+    from huggingface_hub import DatasetCard
+
+    folder = tmp_path / "run" / "labels" / "all"
+    card = DatasetCard.load(folder / "README.md")
+    assert card.data.license == "apache-2.0" and card.data.size_categories == ["n<1K"]
+    assert [f["name"] for f in card.data.dataset_info["features"]][:3] == ["id", "input_ids", "attention_mask"]
+    for fact in ("| records | 5 of 6 in (dropped: 0, skipped at load: 1) |", "| tokens trained | 100.0% |",
+                 "IG `riemann_right` J = 2", "completeness gap | mean", "`all` {}", "labels --config"):
+        assert fact in card.text, fact
+    assert len(datasets.load_dataset(str(folder), split="train")) == 5
     with pytest.raises(RecordError, match=r"line 4 \(id g0\): duplicate id"):
         main(["labels", *args[:-4], "--selector", "all"])  # on_bad: raise names the record
 
