@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 COMMANDS = ("ig", "labels", "report", "relabel")
 
@@ -46,17 +45,15 @@ def main(argv: list[str] | None = None) -> None:
     elif command == "labels":
         from common.modeling import load_tokenizer
 
-        from .attributions import load_attributions
+        from .attributions import finished, load_attributions
         from .labels import write_labels
 
         tok = load_tokenizer(r.model.model_name_or_path, r.traces.chat_template, r.training.think_tokens)
         # with an attribution run every selector (full CoT too) drops the records it skipped: same records
         needed = SELECTORS[r.selection.selector] is not None
-        ran = (Path(r.attribution.attribution_dir) / "attributions").exists()
+        ran = finished(r.attribution.attribution_dir)
         attributions = load_attributions(r.attribution.attribution_dir) if needed or ran else None
-        write_labels(tok, records, attributions, r.traces, r.selection, r.sft.max_length, r.training.think_prefix, load,
-                     r.attribution, r.attribution.attribution_model_name_or_path or r.model.model_name_or_path,
-                     " ".join(["python -m attribution", *argv]))
+        write_labels(tok, records, attributions, r, load, " ".join(["python -m attribution", *argv]))
     else:
         from .report import write_report
 

@@ -89,6 +89,11 @@ def merge(out: str | Path, records: list[Record], world: int, gap_warn: float, l
     return summary
 
 
+def finished(out: str | Path | None) -> bool:
+    """Whether ``out`` holds a merged attribution run."""
+    return out is not None and (Path(out) / "attributions").exists()
+
+
 def load_attributions(out: str | Path) -> dict[str, dict]:
     """id -> row of a finished run (features decoded)."""
     import datasets

@@ -18,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from common.config import SELECTORS, AttributionArguments, SelectionArguments, TracesArguments
+from common.config import SELECTORS, SelectionArguments, TracesArguments
+from common.recipe import Recipe, attribution_model
 from data.prompts import build_text, training_text
 from data.records import LoadReport, Record
 
 from .alignment import PROMPT, TAIL, align
-from .labels_dataset import IGNORE, LabelSummary, load_labels, push, save_labels, tokenizer_signature, write_card
+from .labels_dataset import IGNORE, LabelSummary, load_labels, push, save_labels, tokenizer_signature
 from .segments import segments_from_spans, split_segments
 from .selection import select, selector_params, trace_view
 
@@ -155,15 +156,17 @@ def build_labels(tokenizer, records: list[Record], attributions: dict[str, dict]
 
 
 def _made_by(tokenizer, traces: TracesArguments, cfg: SelectionArguments, attributions: dict[str, dict] | None,
-             attribution: AttributionArguments | None, attribution_model: str | None) -> dict:
+             recipe: Recipe) -> dict:
     """The facts a dataset card states about how these labels were made."""
     facts = {"selector": f"`{cfg.selector}` {json.dumps(selector_params(cfg), sort_keys=True)}",
              "traces": f"`{traces.traces}` (keywords: {traces.keywords})",
              "tokenizer": f"`{getattr(tokenizer, 'name_or_path', '')}` ({len(tokenizer)} tokens), chat template: "
                           f"{'`' + traces.chat_template + '`' if traces.chat_template else 'the tokenizer' + chr(39) + 's'}"}
-    if attribution is not None and attributions is not None:
+    if attributions is not None:
+        attribution = recipe.attribution
+        model = attribution_model(attribution, recipe.model).model_name_or_path
         gaps = np.array([r["completeness_gap"] for r in attributions.values() if r["status"] == "ok"])
-        facts["attribution"] = (f"`{attribution_model}`, IG `{attribution.ig_rule}` J = {attribution.ig_steps}, "
+        facts["attribution"] = (f"`{model}`, IG `{attribution.ig_rule}` J = {attribution.ig_steps}, "
                                 f"baseline `{attribution.ig_baseline}` on `{attribution.ig_baseline_scope}` tokens")
         if len(gaps):
             facts["completeness gap"] = (f"mean {gaps.mean():.3f}, median {np.median(gaps):.3f}, "
@@ -204,16 +207,15 @@ def relabel_dataset(tokenizer, source_dir: str | Path, out_dir: str | Path, max_
     return summary
 
 
-def write_labels(tokenizer, records: list[Record], attributions: dict[str, dict] | None, traces: TracesArguments,
-                 cfg: SelectionArguments, max_length: int | None, think_prefix: str = "",
-                 load: LoadReport | None = None, attribution: AttributionArguments | None = None,
-                 attribution_model: str | None = None, command: str = "") -> LabelSummary:
-    """Labels as the recipe's sections ask for them, saved to ``cfg.labels_dir`` with their summary and
-    dataset card (and uploaded to ``cfg.labels_hub_repo`` when set)."""
-    rows, summary = build_labels(tokenizer, records, attributions, cfg, traces, max_length, think_prefix, load)
-    out = save_labels(rows, summary, cfg.labels_dir)
-    made_by = _made_by(tokenizer, traces, cfg, attributions, attribution, attribution_model) | {"command": f"`{command}`"}
-    write_card(out, summary, made_by, traces.traces_license)
+def write_labels(tokenizer, records: list[Record], attributions: dict[str, dict] | None, recipe: Recipe,
+                 load: LoadReport | None = None, command: str = "") -> LabelSummary:
+    """Labels as the recipe asks for them, saved to its ``labels_dir`` with their summary and dataset card
+    (and uploaded to ``labels_hub_repo`` when set); ``command`` is what the card says made them."""
+    traces, cfg = recipe.traces, recipe.selection
+    rows, summary = build_labels(tokenizer, records, attributions, cfg, traces, recipe.sft.max_length,
+                                 recipe.training.think_prefix, load)
+    made_by = _made_by(tokenizer, traces, cfg, attributions, recipe) | {"command": f"`{command}`"}
+    out = save_labels(rows, summary, cfg.labels_dir, made_by, traces.traces_license)
     if cfg.labels_hub_repo:
         push(out, cfg.labels_hub_repo)
     print(summary.table())

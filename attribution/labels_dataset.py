@@ -72,26 +72,28 @@ def tokenizer_signature(tokenizer) -> dict:
 SHARD = Path("data") / "train-00000-of-00001.parquet"
 
 
-def save_labels(rows: list[dict], summary: LabelSummary, out_dir: str | Path) -> Path:
-    """The rows as ``out_dir/data/train-00000-of-00001.parquet``, and ``summary.json``."""
+def save_labels(rows: list[dict], summary: LabelSummary, out_dir: str | Path, made_by: dict | None = None,
+                license: str | None = None) -> Path:
+    """The rows as ``out_dir/data/train-00000-of-00001.parquet``, ``summary.json``, and with ``made_by``
+    (how the labels were made) the dataset card."""
     import datasets
 
     out = Path(out_dir)
     (out / SHARD).parent.mkdir(parents=True, exist_ok=True)
-    datasets.Dataset.from_list(rows).to_parquet(str(out / SHARD))
+    ds = datasets.Dataset.from_list(rows)
+    ds.to_parquet(str(out / SHARD))
     (out / "summary.json").write_text(json.dumps(summary.to_dict(), indent=1))
+    if made_by is not None:
+        _write_card(out, ds, summary, made_by, license)
     return out
 
 
-def write_card(labels_dir: str | Path, summary: LabelSummary, made_by: dict, license: str | None) -> Path:
+def _write_card(labels_dir: Path, ds, summary: LabelSummary, made_by: dict, license: str | None) -> Path:
     """``labels_dir/README.md``: hub metadata (features, license, size, the data files) and what made
     these labels (``made_by``: selector, attribution and tokenizer facts, the command)."""
-    import datasets
     from datasets.info import DatasetInfosDict
     from huggingface_hub import DatasetCard, DatasetCardData
 
-    labels_dir = Path(labels_dir)
-    ds = datasets.Dataset.from_parquet(str(labels_dir / SHARD))
     n = len(ds)
     size = "n<1K" if n < 1000 else "1K<n<10K" if n < 10_000 else "10K<n<100K" if n < 100_000 else "n>100K"
     data = DatasetCardData(license=license or "other", size_categories=[size], task_categories=["text-generation"],

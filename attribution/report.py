@@ -137,7 +137,7 @@ def write_viewer(records: dict, rows: list[dict], attributions: dict | None, pat
 
 def write_report(cfg, attribution_dir: str | Path | None, records: list | None = None, limit: int = 50) -> Path:
     """Plots and the viewer of the labels in ``cfg.labels_dir`` (a SelectionArguments), under its ``report/``."""
-    from .attributions import load_attributions
+    from .attributions import finished, load_attributions
     from .labels_dataset import load_labels
 
     labels_dir = Path(cfg.labels_dir)
@@ -147,9 +147,7 @@ def write_report(cfg, attribution_dir: str | Path | None, records: list | None =
     plot_cumulative(rows, out / "cumulative.png", cfg.tau)
     plot_strength_consistency(rows, out / "strength_consistency.png", cfg.beta)
     if records is not None:
-        attributions = None
-        if attribution_dir and (Path(attribution_dir) / "attributions").exists():
-            attributions = load_attributions(attribution_dir)
+        attributions = load_attributions(attribution_dir) if finished(attribution_dir) else None
         write_viewer({r.id: r for r in records}, rows[:limit], attributions, out / "viewer.html",
                      f"{labels_dir.name}: {cfg.selector}")
     return out

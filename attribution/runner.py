@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import time
 import zlib
-from dataclasses import replace
 
 from common.config import AttributionArguments, TracesArguments
+from common.recipe import attribution_model
 from data.prompts import attribution_text
 from data.records import LoadReport, Record
 
@@ -49,12 +49,6 @@ def attribute_record(model, tokenizer, rec: Record, traces: TracesArguments, cfg
             "token_segment": al.token_segment.tolist(), "token_ig": res.token_ig.tolist(),
             "f_input": res.f_input, "f_baseline": res.f_baseline, "completeness_gap": res.completeness_gap,
             "seconds": time.perf_counter() - t0}
-
-
-def attribution_model(cfg: AttributionArguments, model_args):
-    """The ModelConfig of the attribution model: the recipe's model, or ``attribution_model_name_or_path``
-    loaded with the recipe's dtype and attention settings."""
-    return replace(model_args, model_name_or_path=cfg.attribution_model_name_or_path or model_args.model_name_or_path)
 
 
 def run(traces: TracesArguments, cfg: AttributionArguments, model_args, records: list[Record],

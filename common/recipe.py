@@ -65,8 +65,15 @@ class Recipe:
 
     def for_selector(self, selector: str) -> "Recipe":
         """The same recipe with another selector, its labels, model and eval names derived by the rule."""
-        selection = replace(self.selection, selector=selector, labels_dir=None)
-        return resolve_paths(replace(self, selection=selection, sft=replace(self.sft, output_dir=TRANSFORMERS_DEFAULT_OUTPUT_DIR)))
+        selection = replace(self.selection, selector=selector)
+        selection.labels_dir = str(self.paths.labels(selection.labels_name))
+        return replace(self, selection=selection, sft=replace(self.sft, output_dir=str(self.paths.model(selection.labels_name))))
+
+
+def attribution_model(attribution: AttributionArguments, model_args):
+    """The ModelConfig of the attribution model: the trained model, or ``attribution_model_name_or_path``
+    loaded with the recipe's dtype and attention settings."""
+    return replace(model_args, model_name_or_path=attribution.attribution_model_name_or_path or model_args.model_name_or_path)
 
 
 def make_recipe(sft, model, **sections) -> Recipe:

@@ -100,11 +100,10 @@ def run(recipe_path: str, run_dir: str | None, overrides: list[str], n_train: in
     attributions = load_attributions(attr_dir)
     # the recipe's selector against the full-CoT baseline, folders by the run-folder rule
     runs = {"selective": recipe.for_selector(recipe.selection.selector), "full_cot": recipe.for_selector("all")}
-    label_summaries = {name: stage(f"labels_{name}", lambda r=r: write_labels(
-        tok, records, attributions, r.traces, r.selection, r.sft.max_length, r.training.think_prefix, load,
-        r.attribution, r.attribution.attribution_model_name_or_path or r.model.model_name_or_path,
-        " ".join(["python -m selective_sft.quickstart --config", recipe_path, *overrides])).to_dict())
-        for name, r in runs.items()}
+    command = " ".join(["python -m selective_sft.quickstart --config", recipe_path, *overrides])
+    label_summaries = {name: stage(f"labels_{name}", lambda r=r: write_labels(tok, records, attributions, r, load,
+                                                                              command).to_dict())
+                       for name, r in runs.items()}
     for name, r in runs.items():  # both get the same schedule; a two-stage recipe trains full CoT first in both
         stage(f"train_{name}", lambda r=r: {"loss": train(r).state.log_history[-1]})
     for name, r in runs.items():
