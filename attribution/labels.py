@@ -5,7 +5,8 @@ selector, tokenize the training text (prompt + trace + completion + EOS) once wi
 tokenizer, and set ``labels`` = ``input_ids`` on selected trace tokens and on the tail (the completion:
 ``</think>`` and the final answer, and EOS), IGNORE on the prompt and unselected segments. Selections
 carry over as characters, so the attribution model may tokenize differently from the trained one.
-``label_mode: prune`` removes unselected segments from the text instead.
+``label_mode: prune`` removes unselected segments from the text instead. ``label_weights: strength``
+(soft selection, beyond the paper) adds a per-token ``label_weights`` column: see strength_weights.
 
 Every method drops the same records: with an attribution run, each record it skipped (over length,
 no answer) is dropped for every selector, full CoT included; records with no trained token left after
@@ -24,7 +25,7 @@ from data.prompts import build_text, training_text
 from data.records import LoadReport, Record
 
 from .alignment import PROMPT, TAIL, align
-from .labels_dataset import IGNORE, LabelSummary, load_labels, push, save_labels, tokenizer_signature
+from .labels_dataset import IGNORE, WEIGHTS, LabelSummary, load_labels, push, save_labels, tokenizer_signature
 from .segments import segments_from_spans, split_segments
 from .selection import select, selector_params, trace_view
 
@@ -48,21 +49,36 @@ def _runs(text: str, chars: np.ndarray) -> list[tuple[str, bool]]:
     return [(text[a:b], bool(chars[a])) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
 
 
-def to_messages(prompt_messages: list[dict], parts: list[tuple[str, bool]]) -> list[dict]:
+def strength_weights(trained: np.ndarray, strength: np.ndarray) -> np.ndarray:
+    """Soft selection's per-token loss weights: a trained token with a segment strength (``strength``,
+    eq. 4's normalised value; NaN outside the trace) weighs it over the mean of all such trained tokens,
+    so they average 1; other trained tokens (the completion, EOS) weigh 1, untrained ones 0."""
+    weights = trained.astype(np.float32)
+    scored = trained & ~np.isnan(strength)
+    mean = strength[scored].mean() if scored.any() else 0.0
+    if mean > 0:
+        weights[scored] = strength[scored] / mean
+    return weights
+
+
+def to_messages(prompt_messages: list[dict], parts: list[tuple[str, bool, float | None]]) -> list[dict]:
     """The portable text form: the prompt's messages, then the assistant turn as its parts, each with
-    its text and train flag, and the same as axolotl's ``train_detail`` character spans (inclusive ends)."""
+    its text, train flag and (soft selection) segment strength, and the same as axolotl's ``train_detail``
+    character spans (inclusive ends)."""
     content, detail, at = "", [], 0
-    for text, train in parts:
+    for text, train, _ in parts:
         if text:
             detail.append({"begin_offset": at, "end_offset": at + len(text) - 1, "train": train})
             content, at = content + text, at + len(text)
     return [*prompt_messages, {"role": "assistant", "content": content, "train_detail": detail,
-                               "parts": [{"text": t, "train": tr} for t, tr in parts if t]}]
+                               "parts": [{"text": t, "train": tr} | ({} if w is None else {"strength": w})
+                                         for t, tr, w in parts if t]}]
 
 
 def relabel(tokenizer, messages: list[dict], think_prefix: str = "") -> dict:
     """Token labels for ``tokenizer`` from the portable text form: a token is trained when its first
-    character lies in a trained part; EOS is trained. The same tokenizer gives back the same labels."""
+    character lies in a trained part; EOS is trained. The same tokenizer gives back the same labels
+    (and label weights, when the parts carry strengths)."""
     *prompt, assistant = messages
     rendered = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True) + think_prefix
     pt = build_text(rendered, assistant["content"], tokenizer.eos_token)
@@ -72,9 +88,15 @@ def relabel(tokenizer, messages: list[dict], think_prefix: str = "") -> dict:
     inside = al.token_segment >= 0
     trained = al.token_segment == TAIL
     trained[inside] = train[al.token_segment[inside]]
-    return {"input_ids": al.input_ids.tolist(), "attention_mask": [1] * len(al.input_ids),
-            "labels": np.where(trained, al.input_ids, IGNORE).tolist(),
-            "_trace_tokens": int(inside.sum()), "_trained_trace_tokens": int(trained[inside].sum())}
+    row = {"input_ids": al.input_ids.tolist(), "attention_mask": [1] * len(al.input_ids),
+           "labels": np.where(trained, al.input_ids, IGNORE).tolist(),
+           "_trace_tokens": int(inside.sum()), "_trained_trace_tokens": int(trained[inside].sum())}
+    if any("strength" in p for p in assistant["parts"]):
+        part_strength = np.asarray([p.get("strength", np.nan) for p in assistant["parts"]], dtype=np.float64)
+        strength = np.full(len(trained), np.nan)
+        strength[inside] = part_strength[al.token_segment[inside]]
+        row[WEIGHTS] = strength_weights(trained, strength).tolist()
+    return row
 
 
 def label_record(tokenizer, rec: Record, spans: list[list[int]], attribution: dict | None, cfg: SelectionArguments,
@@ -84,6 +106,10 @@ def label_record(tokenizer, rec: Record, spans: list[list[int]], attribution: di
     view = trace_view(rec.id, rec.trace, rec.answer, spans, attribution, cfg.strength_aggregation)
     sel = select(view, cfg)
     seg_sel = sel.segment_selected
+    soft = cfg.label_weights == "strength"
+    if soft and (seg_sel is None or view.scores is None):
+        raise ValueError(f"label_weights: strength weighs segments by their attribution strength: it needs a "
+                         f"segment-level selector and the attribution run (selector {cfg.selector!r}, record {rec.id})")
     pt = training_text(tokenizer, rec.question, rec.trace, rec.completion, system, think_prefix)
     al = align(tokenizer, pt, segs)
     inside = al.token_segment >= 0
@@ -110,14 +136,21 @@ def label_record(tokenizer, rec: Record, spans: list[list[int]], attribution: di
     scores, k = view.scores, len(segs)
     zeros = [0.0] * k
     if cfg.label_mode == "prune":
-        parts = [(kept, True)]
+        parts = [(kept, True, None)]
     elif seg_sel is not None:
-        parts = [(s.text, bool(keep)) for s, keep in zip(segs, seg_sel)]
+        strengths = scores.norm_strength.tolist() if soft else [None] * k
+        parts = [(s.text, bool(keep), w) for s, keep, w in zip(segs, seg_sel, strengths)]
     else:
-        parts = _runs(rec.trace, selected_chars(attribution, sel.token_selected, len(rec.trace)))
+        chars = selected_chars(attribution, sel.token_selected, len(rec.trace))
+        parts = [(t, train, None) for t, train in _runs(rec.trace, chars)]
+    weights = {}
+    if soft:
+        strength = np.full(len(ids), np.nan)
+        strength[inside] = scores.norm_strength[al.token_segment[inside]]
+        weights[WEIGHTS] = strength_weights(trained, strength).tolist()
     return {
-        "id": rec.id, "input_ids": ids.tolist(), "attention_mask": [1] * len(ids), "labels": labels.tolist(),
-        "messages": to_messages(pt.prompt_messages, parts + [(rec.completion, True)]),
+        "id": rec.id, "input_ids": ids.tolist(), "attention_mask": [1] * len(ids), "labels": labels.tolist(), **weights,
+        "messages": to_messages(pt.prompt_messages, parts + [(rec.completion, True, None)]),
         "segment_char_spans": [[s.start, s.end] for s in segs], "segment_token_spans": token_spans,
         "strength": scores.strength.tolist() if scores else zeros,
         "norm_strength": scores.norm_strength.tolist() if scores else zeros,
@@ -162,6 +195,9 @@ def _made_by(tokenizer, traces: TracesArguments, cfg: SelectionArguments, attrib
              "traces": f"`{traces.traces}` (keywords: {traces.keywords})",
              "tokenizer": f"`{getattr(tokenizer, 'name_or_path', '')}` ({len(tokenizer)} tokens), chat template: "
                           f"{'`' + traces.chat_template + '`' if traces.chat_template else 'the tokenizer' + chr(39) + 's'}"}
+    if cfg.label_weights == "strength":
+        facts["label weights"] = ("`label_weights`: trained trace tokens weigh their segment's normalised strength "
+                                  "(mean 1), the completion 1; train with this repo's loss (selective_sft.loss)")
     if attributions is not None:
         attribution = recipe.attribution
         model = attribution_model(attribution, recipe.model).model_name_or_path
@@ -178,8 +214,9 @@ def _fits(row: dict, summary: LabelSummary, max_length: int | None) -> bool:
     """Truncate ``row`` to max_length; False (dropped and counted) when no trained token is left."""
     if max_length is not None and len(row["labels"]) > max_length:
         summary.truncated += 1
-        for key in ("input_ids", "attention_mask", "labels"):
-            row[key] = row[key][:max_length]
+        for key in ("input_ids", "attention_mask", "labels", WEIGHTS):
+            if key in row:
+                row[key] = row[key][:max_length]
     if not any(x != IGNORE for x in row["labels"]):
         summary.drop(row["id"], "no trained token (after truncation to max_length)")
         return False

@@ -7,7 +7,8 @@
     <labels_dir>/README.md       the dataset card: YAML metadata (features, license, size) and how it was made
 
 Training columns: ``input_ids``, ``attention_mask``, ``labels`` (IGNORE on the prompt and on
-unselected segments). Segment metadata: id, segment_char_spans, segment_token_spans, strength,
+unselected segments), and with soft selection ``label_weights`` (a float per token, 0 where IGNORE).
+Segment metadata: id, segment_char_spans, segment_token_spans, strength,
 norm_strength, consistency, selected, selector, selector_params, mode, note.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 IGNORE = -100
 TRAIN_COLUMNS = ["input_ids", "attention_mask", "labels"]
+WEIGHTS = "label_weights"
 
 
 @dataclass
@@ -89,16 +91,18 @@ def save_labels(rows: list[dict], summary: LabelSummary, out_dir: str | Path, ma
 
 
 def _write_card(labels_dir: Path, ds, summary: LabelSummary, made_by: dict, license: str | None) -> Path:
-    """``labels_dir/README.md``: hub metadata (features, license, size, the data files) and what made
-    these labels (``made_by``: selector, attribution and tokenizer facts, the command)."""
+    """``labels_dir/README.md``: hub metadata (features, license, size) and what made these labels
+    (``made_by``: selector, attribution and tokenizer facts, the command). No ``configs`` block: the
+    data/ layout already says where the split is, and with one datasets 4.x caches a local folder
+    under its relative file patterns, so a rebuilt folder (or another of the same name) would load
+    the old rows."""
     from datasets.info import DatasetInfosDict
     from huggingface_hub import DatasetCard, DatasetCardData
 
     n = len(ds)
     size = "n<1K" if n < 1000 else "1K<n<10K" if n < 10_000 else "10K<n<100K" if n < 100_000 else "n>100K"
     data = DatasetCardData(license=license or "other", size_categories=[size], task_categories=["text-generation"],
-                           tags=["reasoning", "selective-sft"],
-                           configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}])
+                           tags=["reasoning", "selective-sft"])
     DatasetInfosDict({"default": ds.info}).to_dataset_card_data(data)
     s = summary.to_dict()
     facts = "\n".join(f"| {k} | {v} |" for k, v in made_by.items())

@@ -155,6 +155,9 @@ class SelectionArguments:
     strength_aggregation: str = field(default="sqrt_norm", metadata={"help": " | ".join(STRENGTH_AGGREGATIONS) + " (eq. 3: sqrt_norm)"})
     selection_seed: int = 0
     label_mode: str = field(default="mask", metadata={"help": "'mask' unselected segments, or 'prune' them from the text"})
+    label_weights: str = field(default="none", metadata={
+        "help": "'none': every trained token weighs 1 (the paper); 'strength' (soft selection, beyond the paper): a "
+                "label_weights column weighting trained trace tokens by their segment's normalised strength, mean 1"})
     labels_dir: str | None = field(default=None, metadata={"help": "default: <run_dir>/labels/<labels name>"})
     labels_hub_repo: str | None = field(default=None, metadata={
         "help": "upload the labels with their dataset card to this hub dataset repo (TRL's push_to_hub is the model's)"})
@@ -163,11 +166,15 @@ class SelectionArguments:
         _one_of("selection", "selector", self.selector, SELECTORS)
         _one_of("selection", "label_mode", self.label_mode, ("mask", "prune"))
         _one_of("selection", "strength_aggregation", self.strength_aggregation, STRENGTH_AGGREGATIONS)
+        _one_of("selection", "label_weights", self.label_weights, ("none", "strength"))
+        if self.label_weights == "strength" and self.label_mode == "prune":
+            raise ValueError("selection: label_weights: strength weighs the segments of the full text; use label_mode: mask")
 
     @property
     def labels_name(self) -> str:
         """The name of these labels under <run_dir>/labels/ and of the model trained on them."""
-        return self.selector + ("_prune" if self.label_mode == "prune" else "")
+        return (self.selector + ("_prune" if self.label_mode == "prune" else "")
+                + ("_strength" if self.label_weights == "strength" else ""))
 
 
 @dataclass

@@ -177,3 +177,20 @@ def test_real_r1_traces(r1_traces, r1_raw):
         assert "<think>" not in rec.trace and "</think>" not in rec.trace and "<｜" not in rec.trace
         assert rec.trace in raw["full_response"] and rec.question == raw["question"]
     assert sum(r.answer is not None for r in complete) >= 60  # boxed or "Answer:" lines
+
+
+def test_rebuilt_labels_load_fresh(tmp_path, tiny_tok):
+    """A labels folder rebuilt in place, or another folder of the same name, loads its own rows by name
+    (with a `configs` block in the card, datasets 4.x served the first folder's cached rows to both)."""
+    import datasets
+
+    from attribution.labels import build_labels
+    from attribution.labels_dataset import save_labels
+    from common.config import SelectionArguments, TracesArguments
+    from data import synthetic
+
+    rows, summary = build_labels(tiny_tok, synthetic.generate(3, seed=4), None, SelectionArguments(selector="all"),
+                                 TracesArguments())
+    for folder, n in ((tmp_path / "a" / "all", 2), (tmp_path / "b" / "all", 3), (tmp_path / "a" / "all", 1)):
+        save_labels(rows[:n], summary, folder, made_by={"command": "test"})
+        assert datasets.load_dataset(str(folder), split="train")["id"] == [r["id"] for r in rows[:n]]

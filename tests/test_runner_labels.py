@@ -287,3 +287,41 @@ def test_portable_messages_rebuild_labels(attributed, tiny_tok, qwen_tok, select
           "--labels_dir", str(tmp_path / "cli")])  # into the tiny recipe's tokenizer, as its model loads it
     recipe_tok = load_tokenizer("tiny-qwen2")
     assert list(load_labels(tmp_path / "cli")["labels"]) == [relabel(recipe_tok, r["messages"])["labels"] for r in rows]
+
+
+def test_strength_weights_by_hand(attributed, tiny_tok, qwen_tok):
+    """Soft selection: the labels are the paper's; a trained trace token weighs its segment's normalised
+    strength over the mean of those of all trained trace tokens, the completion 1, the rest 0; the
+    portable form carries the strengths, so another tokenizer gets weights of the same rule."""
+    from attribution.labels import relabel
+
+    recs, attrs = attributed
+    hard, _ = _labels(tiny_tok, recs, attrs, "paper")
+    soft, summary = _labels(tiny_tok, recs, attrs, "paper", label_weights="strength")
+    assert summary.to_dict() == _labels(tiny_tok, recs, attrs, "paper")[1].to_dict()
+    for rec, h, s in zip(recs, hard, soft):
+        assert s["labels"] == h["labels"] and "label_weights" not in h
+        al = align(tiny_tok, training_text(tiny_tok, rec.question, rec.trace), split_segments(rec.trace))
+        trained = np.asarray(s["labels"]) != IGNORE
+        in_trace = trained & (al.token_segment >= 0)
+        strength = np.asarray(s["norm_strength"])
+        per_token = strength[al.token_segment[in_trace]]
+        expect = np.where(trained, 1.0, 0.0)
+        expect[in_trace] = per_token / per_token.mean()
+        np.testing.assert_allclose(s["label_weights"], expect, rtol=1e-6)
+        assert np.mean(np.asarray(s["label_weights"])[trained]) == pytest.approx(1.0, rel=1e-5)
+        assert relabel(tiny_tok, s["messages"])["label_weights"] == s["label_weights"]
+        other = relabel(qwen_tok, s["messages"])
+        w, lab = np.asarray(other["label_weights"]), np.asarray(other["labels"])
+        assert (w[lab == IGNORE] == 0).all() and np.mean(w[lab != IGNORE]) == pytest.approx(1.0, rel=1e-5)
+        # up to the other tokenizer's mean, its trace weights are the selected segments' strengths
+        kept = strength[np.asarray(s["selected"])]
+        values = np.unique(w[(lab != IGNORE) & (w != 1.0)])
+        ratios = values[:, None] / values.max() - kept[None, :] / kept.max()
+        assert len(values) > 1 and np.abs(ratios).min(axis=1).max() < 1e-5
+    with pytest.raises(ValueError, match="segment-level selector"):
+        _labels(tiny_tok, recs, attrs, "high_abs_ig_tokens", label_weights="strength")
+    with pytest.raises(ValueError, match="segment-level selector"):
+        _labels(tiny_tok, recs, None, "all", label_weights="strength")
+    with pytest.raises(ValueError, match="use label_mode: mask"):
+        SelectionArguments(label_weights="strength", label_mode="prune")

@@ -61,17 +61,42 @@ class Grab(TrainerCallback):
         self.grads.append({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
 
 
-@pytest.mark.parametrize("normalization", ["sequence", "token"])
-def test_loss_over_accumulation_by_hand(two_labels_dir, tmp_path, tiny_tok, normalization):
-    """Two micro-batches of one sequence each, unequal selected counts: eq. 9 averages the two
-    per-sequence means; TRL's token mode divides the summed NLL by all selected tokens of the step."""
+def _with_weights(labels_dir, out, weights):
+    """A copy of a labels dataset with a ``label_weights`` column: ``weights(row index, n)`` on trained tokens."""
     import datasets
 
-    ds = datasets.load_dataset(str(two_labels_dir), split="train")
+    ds = datasets.load_dataset(str(labels_dir), split="train")
+    rows = [{**ex, "label_weights": np.where(np.asarray(ex["labels"]) != IGNORE, weights(i, len(ex["labels"])), 0.0)
+             .astype(np.float32).tolist()} for i, ex in enumerate(ds)]
+    save_labels(rows, _Summary(labels_dir), out)
+    return out
+
+
+class _Summary:
+    """The summary of an existing labels folder, saved again beside a copy of its rows."""
+
+    def __init__(self, labels_dir):
+        self.data = json.loads((labels_dir / "summary.json").read_text())
+
+    def to_dict(self):
+        return self.data
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["mask", "weights"])
+@pytest.mark.parametrize("normalization", ["sequence", "token"])
+def test_loss_over_accumulation_by_hand(two_labels_dir, tmp_path, tiny_tok, normalization, weighted):
+    """Two micro-batches of one sequence each, unequal selected counts: eq. 9 averages the two
+    per-sequence means; TRL's token mode divides the summed NLL by all selected tokens of the step.
+    With label weights (soft selection) each token's NLL is multiplied by its weight, the counts unchanged."""
+    import datasets
+
+    rng = np.random.default_rng(3)
+    labels_dir = _with_weights(two_labels_dir, tmp_path / "w", lambda i, n: rng.uniform(0.2, 3.0, n)) if weighted else two_labels_dir
+    ds = datasets.load_dataset(str(labels_dir), split="train")
     assert len(set(sum(1 for x in ex["labels"] if x != IGNORE) for ex in ds)) == 2  # unequal counts matter
     grab = Grab()
     config = _config(tmp_path, max_steps=1, learning_rate=0.0, max_grad_norm=0.0)
-    trainer = train(_recipe(two_labels_dir, config, normalization), callbacks=[grab])
+    trainer = train(_recipe(labels_dir, config, normalization), callbacks=[grab])
     from common.modeling import load_model
 
     model = load_model(ModelConfig(model_name_or_path="tiny-qwen2"))  # a fresh copy of the same initial model
@@ -79,9 +104,10 @@ def test_loss_over_accumulation_by_hand(two_labels_dir, tmp_path, tiny_tok, norm
     for ex in ds:
         ids = torch.tensor([ex["input_ids"]])
         labels = torch.tensor(ex["labels"][1:])
+        w = torch.tensor(ex["label_weights"][1:]) if weighted else torch.ones(len(labels))
         logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
         keep = labels != IGNORE
-        sums.append(-logp[keep].gather(-1, labels[keep].unsqueeze(-1)).sum())
+        sums.append(-(w[keep] * logp[keep].gather(-1, labels[keep].unsqueeze(-1)).squeeze(-1)).sum())
         counts.append(int(keep.sum()))
     if normalization == "sequence":
         loss = (sums[0] / counts[0] + sums[1] / counts[1]) / 2
@@ -92,6 +118,48 @@ def test_loss_over_accumulation_by_hand(two_labels_dir, tmp_path, tiny_tok, norm
     hand = {n: p.grad for n, p in model.named_parameters()}
     for name, g in grab.grads[0].items():
         torch.testing.assert_close(g, hand[name], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("normalization", ["sequence", "token"])
+def test_unit_weights_give_the_mask_loss(labels_dir, tmp_path, normalization):
+    """Label weights all 1 give the mask loss and its gradients (in token mode: TRL's own loss), over
+    batches of padded rows, two accumulation steps and a shuffled order. (Gradients, not weights after
+    Adam: its first step is lr x sign(gradient), which float noise flips where a gradient is ~0.)"""
+    ones = _with_weights(labels_dir, tmp_path / "ones", lambda i, n: np.ones(n))
+    common = dict(max_steps=2, learning_rate=0.0, max_grad_norm=0.0, per_device_train_batch_size=2, shuffle_dataset=True)
+    grabs = [Grab(), Grab()]
+    runs = [train(_recipe(d, _config(tmp_path / d.name, **common), normalization), callbacks=[g])
+            for d, g in zip((labels_dir, ones), grabs)]
+    a, b = ([h["loss"] for h in r.state.log_history if "loss" in h] for r in runs)
+    assert len(a) == 2 and a == pytest.approx(b, rel=1e-6)
+    for step_a, step_b in zip(*(g.grads for g in grabs)):
+        for name, g in step_a.items():
+            torch.testing.assert_close(g, step_b[name], rtol=1e-5, atol=1e-8, msg=name)
+
+
+def test_label_weights_are_found_by_their_row(two_labels_dir, tmp_path):
+    """The loss finds each row's weights whatever the batch order; a row it does not know (packed, cut
+    elsewhere) and weights on masked tokens are refused."""
+    import datasets
+
+    from selective_sft.loss import LabelWeights
+
+    ds = datasets.load_dataset(str(_with_weights(two_labels_dir, tmp_path / "w", lambda i, n: np.full(n, i + 2.0))),
+                               split="train")
+    lookup = LabelWeights(ds)
+    n = max(len(x) for x in ds["labels"])
+    batch = torch.full((2, n + 3), IGNORE)  # reversed order, right padding
+    for i, labels in enumerate(reversed(ds["labels"])):
+        batch[i, : len(labels)] = torch.tensor(labels)
+    weights = lookup(batch)
+    for i, labels in enumerate(reversed(ds["labels"])):
+        trained = torch.tensor(labels) != IGNORE
+        assert (weights[i, : len(labels)][trained] == 3.0 - i).all() and weights[i][: len(labels)][~trained].eq(0).all()
+    with pytest.raises(KeyError, match="packing"):
+        lookup(batch[:, : n // 2])
+    bad = ds.map(lambda ex: {"label_weights": [1.0] * len(ex["labels"])})
+    with pytest.raises(ValueError, match="0 where labels are -100"):
+        LabelWeights(bad)
 
 
 def test_masked_tokens_get_no_gradient(tiny_tok, tiny_qwen2):
@@ -233,3 +301,15 @@ def test_lora_run_evaluates_as_adapter_and_merged(labels_dir, tmp_path):
     torch.testing.assert_close(la, lb, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(la, l0, atol=1e-3)  # the adapter did change the model
     assert ga.tolist() == gb.tolist()
+
+
+def test_tiny_recipe_trains_as_written(labels_dir, tmp_path):
+    """The tiny recipe's own keys train (eq. 9 needs the logits' NLL); TRL's in-model chunked loss is
+    refused with the key to set, instead of failing inside the trainer."""
+    from common.recipe import parse_recipe
+
+    args = ["--config", "recipes/tiny/selective.yaml", "--labels_dir", str(labels_dir), "--output_dir",
+            str(tmp_path / "out"), "--max_steps", "1"]
+    assert train(parse_recipe(args)).state.global_step == 1
+    with pytest.raises(ValueError, match="set loss_type: nll"):
+        train(parse_recipe([*args, "--loss_type", "chunked_nll"]))
