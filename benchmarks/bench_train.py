@@ -6,6 +6,7 @@ common.assets) and ``--unsloth false,true`` compare the paths. Each run is its o
 memory is its own; gradient checkpointing is on for GPU runs.
     python -m benchmarks.bench_train                       # tiny-qwen2 and smollm2 on CPU
     python -m benchmarks.bench_train --model r1-distill-qwen-1.5b --length 4096,16384 --batch 1 --unsloth false,true
+    python -m benchmarks.bench_train --model smollm2 --length 300 --precision fp32,bf16   # CPU autocast
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import time
 from pathlib import Path
 
 
-def one(model: str, steps: int, batch: int, length: int, unsloth: str) -> dict:
+def one(model: str, steps: int, batch: int, length: int, unsloth: str, precision: str) -> dict:
     import torch
     from transformers import TrainerCallback
     from trl import ModelConfig, SFTConfig
@@ -53,7 +54,7 @@ def one(model: str, steps: int, batch: int, length: int, unsloth: str) -> dict:
 
     clock = Clock()
     config = SFTConfig(output_dir=str(tmp / "out"), max_length=length, max_steps=steps, per_device_train_batch_size=batch,
-                       learning_rate=1e-5, save_strategy="no", report_to="none", bf16=gpu, use_cpu=not gpu,
+                       learning_rate=1e-5, save_strategy="no", report_to="none", bf16=gpu or precision == "bf16", use_cpu=not gpu,
                        loss_type="nll", gradient_checkpointing=gpu, logging_steps=steps)
     margs = ModelConfig(model_name_or_path=path, dtype="bfloat16" if gpu else "float32")
     if gpu:
@@ -62,7 +63,7 @@ def one(model: str, steps: int, batch: int, length: int, unsloth: str) -> dict:
                       training=TrainingArguments(use_unsloth=unsloth)), callbacks=[clock])
     dt = time.perf_counter() - clock.t0
     per_step = n_tokens / steps
-    return {"model": model, "unsloth": unsloth, "steps_timed": steps - 1, "tokens_per_step": per_step,
+    return {"model": model, "unsloth": unsloth, "precision": "bf16" if gpu else precision, "steps_timed": steps - 1, "tokens_per_step": per_step,
             "tokens_per_s": per_step * (steps - 1) / dt, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if gpu else None}
 
@@ -74,24 +75,28 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--length", default="512", help="comma-separated sequence lengths")
     p.add_argument("--unsloth", default="false", help="comma-separated: false, true")
+    p.add_argument("--precision", default="fp32", help="CPU: comma-separated fp32, bf16 (autocast); GPU runs are bf16")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.one:
-        print(json.dumps(one(a.model, a.steps, a.batch, int(a.length), a.unsloth)))
+        print(json.dumps(one(a.model, a.steps, a.batch, int(a.length), a.unsloth, a.precision)))
         return
-    print("| model | length | unsloth | tokens/step | tokens/s | peak RSS MB | peak GPU MB |\n|---|---|---|---|---|---|---|")
+    print("| model | length | unsloth | precision | tokens/step | tokens/s | peak RSS MB | peak GPU MB |\n"
+          "|---|---|---|---|---|---|---|---|")
     for model in a.model.split(","):
         for length in a.length.split(","):
             for unsloth in a.unsloth.split(","):
-                cmd = [sys.executable, "-m", "benchmarks.bench_train", "--one", "--model", model, "--steps", str(a.steps),
-                       "--batch", str(a.batch), "--length", length, "--unsloth", unsloth]
-                out = subprocess.run(cmd, capture_output=True, text=True)
-                if out.returncode:
-                    sys.exit(out.stderr[-3000:])
-                r = json.loads(out.stdout.strip().splitlines()[-1])
-                gpu = f"{r['peak_gpu_mb']:.0f}" if r["peak_gpu_mb"] is not None else "-"
-                print(f"| {model} | {length} | {unsloth} | {r['tokens_per_step']:.0f} | {r['tokens_per_s']:.0f} | "
-                      f"{r['peak_rss_mb']:.0f} | {gpu} |", flush=True)
+                for precision in a.precision.split(","):
+                    cmd = [sys.executable, "-m", "benchmarks.bench_train", "--one", "--model", model, "--steps",
+                           str(a.steps), "--batch", str(a.batch), "--length", length, "--unsloth", unsloth,
+                           "--precision", precision]
+                    out = subprocess.run(cmd, capture_output=True, text=True)
+                    if out.returncode:
+                        sys.exit(out.stderr[-3000:])
+                    r = json.loads(out.stdout.strip().splitlines()[-1])
+                    gpu = f"{r['peak_gpu_mb']:.0f}" if r["peak_gpu_mb"] is not None else "-"
+                    print(f"| {model} | {length} | {unsloth} | {r['precision']} | {r['tokens_per_step']:.0f} | "
+                          f"{r['tokens_per_s']:.0f} | {r['peak_rss_mb']:.0f} | {gpu} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -113,6 +113,9 @@ class AttributionArguments:
 
     attribution_model_name_or_path: str | None = field(default=None, metadata={
         "help": "the model whose IG selects segments (paper: R1-Distill-Qwen-7B for every setting); default: the trained model"})
+    attribution_dtype: str | None = field(default=None, metadata={
+        "help": "dtype of the attribution model's forward and backward (products still add up in fp32); default: the "
+                "recipe's dtype key"})
     # the paper's rule (eq. 2) and J; the trace-only path from benchmarks/bench_attribution.py (README)
     ig_rule: str = field(default="riemann_right", metadata={"help": " | ".join(IG_RULES)})
     ig_steps: int = field(default=50, metadata={"help": "J, the number of points on the path (paper: 50)"})

@@ -72,8 +72,9 @@ class Recipe:
 
 def attribution_model(attribution: AttributionArguments, model_args):
     """The ModelConfig of the attribution model: the trained model, or ``attribution_model_name_or_path``
-    loaded with the recipe's dtype and attention settings."""
-    return replace(model_args, model_name_or_path=attribution.attribution_model_name_or_path or model_args.model_name_or_path)
+    loaded with the recipe's attention settings and dtype (``attribution_dtype`` when set)."""
+    return replace(model_args, model_name_or_path=attribution.attribution_model_name_or_path or model_args.model_name_or_path,
+                   dtype=attribution.attribution_dtype or model_args.dtype)
 
 
 def make_recipe(sft, model, **sections) -> Recipe:

@@ -18,6 +18,9 @@ from .records import Record, write_jsonl
 NAMES = ["Tom", "Ana", "Ravi", "Mia", "Kofi", "Lena", "Omar", "Yuki", "Sara", "Ivan"]
 ITEMS = ["apples", "marbles", "stickers", "pencils", "coins", "cards", "shells", "books"]
 KINDS = ("genuine", "repeat", "abandoned", "restatement")
+# how each planted kind opens: a generated text can be searched for them (planted_counts)
+OPENINGS = {"repeat": "\n\nBut wait, let me redo that first part.", "abandoned": "\n\nAlternatively, ",
+            "restatement": "\n\nHowever, in other words, the result is"}
 
 
 def _problem(rng: random.Random) -> dict:
@@ -84,9 +87,9 @@ def make_trace(p: dict, rng: random.Random, plant: bool = True) -> tuple[str, li
     pieces = [(genuine[0], "genuine"), (genuine[1], "genuine")]
     if plant:
         planted = [
-            (f"\n\nBut wait, let me redo that first part. First, {p['step1']}.", "repeat"),
-            (f"\n\nAlternatively, {p['abandoned']}", "abandoned"),
-            (f"\n\nHowever, in other words, the result is {p['answer']}{unit}.", "restatement"),
+            (f"{OPENINGS['repeat']} First, {p['step1']}.", "repeat"),
+            (f"{OPENINGS['abandoned']}{p['abandoned']}", "abandoned"),
+            (f"{OPENINGS['restatement']} {p['answer']}{unit}.", "restatement"),
         ]
         order = rng.sample(range(3), k=rng.randint(1, 3))
         # repeats and abandoned attempts go between the steps, restatements after the result is known
@@ -100,6 +103,11 @@ def make_trace(p: dict, rng: random.Random, plant: bool = True) -> tuple[str, li
         trace += text
         at += len(text)
     return trace, meta
+
+
+def planted_counts(text: str) -> dict[str, int]:
+    """How many segments of each planted kind a text (a trace, or a trained model's answer) contains."""
+    return {kind: text.count(opening) for kind, opening in OPENINGS.items()}
 
 
 def generate(n: int, seed: int = 0, split: str = "train", plant: bool = True) -> list[Record]:

@@ -7,7 +7,7 @@ pass@k for every asked k up to the samples each question has, and the mean lengt
 from __future__ import annotations
 
 from collections import defaultdict
-from math import comb
+from math import comb, sqrt
 
 import numpy as np
 
@@ -21,9 +21,30 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 if n - c < k else 1.0 - comb(n - c, k) / comb(n, k)
 
 
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval (95% at z = 1.96) of a binomial proportion correct / n, in [0, 1]:
+    unlike the normal approximation it stays inside [0, 1] and is sound at 0 or n successes."""
+    if n == 0:
+        return 0.0, 1.0
+    p, z2 = correct / n, z * z
+    center = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value for paired right/wrong outcomes: of the questions exactly one of
+    two models solves (``only_a`` + ``only_b``), is the split further from even than chance (p = 1/2)?"""
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n)
+
+
 def summarize(rows: list[dict], ks: tuple[int, ...] = (1, 6)) -> dict:
-    """Per benchmark: questions, greedy_acc and greedy_tokens; samples (n per question), pass@k for each
-    k <= n, sample_tokens; grading_timeouts. Accuracies in %, lengths in output tokens."""
+    """Per benchmark: questions, greedy_acc (with greedy_correct and its 95% Wilson interval
+    greedy_acc_ci) and greedy_tokens (with its standard error); samples (n per question), pass@k for
+    each k <= n, sample_tokens; grading_timeouts. Accuracies in %, lengths in output tokens."""
     by = defaultdict(lambda: defaultdict(list))
     for r in rows:
         by[r["benchmark"]][(r["id"], r["mode"])].append(r)
@@ -32,8 +53,11 @@ def summarize(rows: list[dict], ks: tuple[int, ...] = (1, 6)) -> dict:
         res = {"questions": len({i for i, _ in groups})}
         greedy = [g[0] for (_, mode), g in groups.items() if mode == "greedy"]
         if greedy:
-            res["greedy_acc"] = 100 * float(np.mean([r["correct"] for r in greedy]))
-            res["greedy_tokens"] = float(np.mean([r["n_tokens"] for r in greedy]))
+            correct, tokens = sum(bool(r["correct"]) for r in greedy), np.array([r["n_tokens"] for r in greedy], float)
+            res["greedy_correct"], res["greedy_acc"] = correct, 100 * correct / len(greedy)
+            res["greedy_acc_ci"] = [100 * x for x in wilson_interval(correct, len(greedy))]
+            res["greedy_tokens"] = float(tokens.mean())
+            res["greedy_tokens_se"] = float(tokens.std(ddof=1) / sqrt(len(tokens))) if len(tokens) > 1 else 0.0
         sampled = [g for (_, mode), g in groups.items() if mode == "sample"]
         if sampled:
             n = min(len(g) for g in sampled)

@@ -89,6 +89,11 @@ def evaluate(model_path: str, name: str, cfg: EvalArguments, chat_template: str 
     return summary
 
 
+def load_samples(eval_dir: str | Path, name: str) -> list[dict]:
+    """The graded generations of one evaluated run: <eval_dir>/<name>/samples.jsonl."""
+    return list(JsonlStore(Path(eval_dir) / name / "samples.jsonl", key="key").rows())
+
+
 def collect_table(out_dir: str | Path, baseline: str | None = None, ks: tuple[int, ...] = (1, 6)) -> str:
     """The Table 1 markdown over every run under out_dir (written to out_dir/table.md)."""
     runs = {}

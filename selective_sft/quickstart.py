@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
+
+import numpy as np
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,7 +24,8 @@ DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "quickstar
 
 
 class Stages:
-    """Runs named stages once: a ``<name>.done`` file in the run folder records each finished one."""
+    """Runs named stages once: a ``<name>.done`` file in the run folder records each finished one, with
+    its result and wall seconds (``times``, kept across resumed runs)."""
 
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
@@ -32,12 +35,14 @@ class Stages:
         marker = self.run_dir / f"{name}.done"
         if marker.exists():
             print(f"== {name}: done before, skipped")
-            return json.loads(marker.read_text())
+            done = json.loads(marker.read_text())
+            self.times[name] = done["seconds"]
+            return done["result"]
         print(f"== {name}", flush=True)
         t0 = time.perf_counter()
         result = fn() or {}
         self.times[name] = time.perf_counter() - t0
-        marker.write_text(json.dumps(result))
+        marker.write_text(json.dumps({"result": result, "seconds": self.times[name]}))
         print(f"== {name}: {self.times[name]:.0f}s", flush=True)
         return result
 
@@ -66,14 +71,93 @@ def planted_table(records, selectors: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def redundancy_table(records, eval_dir: str, names: list[str]) -> str:
+    """How much planted-kind redundancy each trained model writes in its greedy answers, beside the
+    training traces: the paper's thesis (redundancy propagates through SFT), measured directly."""
+    from data.synthetic import OPENINGS, planted_counts
+    from eval.run import load_samples
+
+    texts = {"training traces": [r.trace for r in records]}
+    texts |= {f"{n} (held-out answers)": [r["response"] for r in load_samples(eval_dir, n) if r["mode"] == "greedy"]
+              for n in names}
+    kinds = list(OPENINGS)
+    lines = ["| text | " + " | ".join(f"{k} per text" for k in kinds) + " | texts with any planted kind |",
+             "|---|" + "---|" * (len(kinds) + 1)]
+    for name, group in texts.items():
+        counts = [planted_counts(t) for t in group]
+        cells = [f"{np.mean([c[k] for c in counts]):.2f}" for k in kinds]
+        any_ = sum(any(c.values()) for c in counts)
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {any_}/{len(group)} |")
+    return "\n".join(lines)
+
+
+def profile_table(times: dict[str, float], work: dict[str, tuple[str, str]]) -> str:
+    """Each stage's wall time, and what it did: ``work[stage]`` = (the work, its cost per unit)."""
+    lines = ["| stage | wall s | work | per unit |", "|---|---|---|---|"]
+    for name, seconds in times.items():
+        what, per = work.get(name, ("", "-"))
+        lines.append(f"| {name} | {seconds:.0f} | {what} | {per} |")
+    return "\n".join(lines + [f"| total | {sum(times.values()):.0f} | | |"])
+
+
+def accuracy_table(eval_dir: str, names: list[str]) -> str:
+    """Greedy accuracy as counts over totals with 95% Wilson intervals, lengths with standard errors,
+    and the paired comparison of the two runs on the same questions (exact McNemar test)."""
+    from eval.metrics import mcnemar_exact, summarize
+    from eval.run import load_samples
+
+    greedy = {n: {(r["benchmark"], r["id"]): r for r in load_samples(eval_dir, n) if r["mode"] == "greedy"} for n in names}
+    lines = ["| run | correct | accuracy (95% Wilson interval) | mean output tokens (± s.e.) |", "|---|---|---|---|"]
+    for name in names:
+        for bench, s in summarize(list(greedy[name].values())).items():
+            lo, hi = s["greedy_acc_ci"]
+            lines.append(f"| {name} ({bench}) | {s['greedy_correct']}/{s['questions']} | {s['greedy_acc']:.1f}% "
+                         f"({lo:.1f}-{hi:.1f}%) | {s['greedy_tokens']:.0f} ± {s['greedy_tokens_se']:.0f} |")
+    a, b = names
+    both = greedy[a].keys() & greedy[b].keys()
+    only_a = sum(greedy[a][q]["correct"] and not greedy[b][q]["correct"] for q in both)
+    only_b = sum(greedy[b][q]["correct"] and not greedy[a][q]["correct"] for q in both)
+    lines += ["", f"Paired on the same {len(both)} questions: only {a} solves {only_a}, only {b} solves {only_b}; "
+                  f"exact McNemar p = {mcnemar_exact(only_a, only_b):.2f} (a difference needs p < 0.05)."]
+    return "\n".join(lines)
+
+
+def _trained(trainer) -> dict:
+    """What a training stage reports: its last log entry, optimizer steps and the tokens it read (TRL's log)."""
+    logged = [h["num_tokens"] for h in trainer.state.log_history if "num_tokens" in h]
+    return {"loss": trainer.state.log_history[-1], "steps": trainer.state.global_step,
+            "tokens": int(float(logged[-1])) if logged else None}
+
+
+def _work(recipe, attributions: dict, times: dict[str, float], results: dict[str, dict]) -> dict[str, tuple[str, str]]:
+    """What each stage did and its cost per unit: IG per point (the IG itself, without loading), training
+    per optimizer step, generation per output token."""
+    from common.recipe import attribution_model
+
+    ok = [r for r in attributions.values() if r["status"] == "ok"]
+    points, ig_seconds = len(ok) * recipe.attribution.ig_steps, sum(r["seconds"] for r in ok)
+    work = {"attribution": (f"{len(ok)} traces x {recipe.attribution.ig_steps} points, "
+                            f"{np.mean([len(r['input_ids']) for r in ok]):.0f} tokens each ({recipe.attribution.ig_rule}, "
+                            f"{attribution_model(recipe.attribution, recipe.model).dtype})",
+                            f"{ig_seconds / max(points, 1):.2f} s per point")}
+    for name, result in results.items():
+        if name.startswith("train_"):
+            work[name] = (f"{result['steps']} steps, {result['tokens']} tokens", f"{times[name] / result['steps']:.1f} s per step")
+        elif name.startswith("eval_"):
+            tokens = sum(s["greedy_tokens"] * s["questions"] for s in result.values())
+            work[name] = (f"{tokens:.0f} tokens for {sum(s['questions'] for s in result.values())} questions",
+                          f"{1000 * times[name] / tokens:.0f} ms per token")
+    return work
+
+
 def run(recipe_path: str, run_dir: str | None, overrides: list[str], n_train: int, n_eval: int) -> dict:
     from attribution import runner
     from attribution.attributions import load_attributions, load_summary
     from attribution.labels import write_labels
     from attribution.report import write_report
     from attribution.selection import select, trace_view
-    from common.modeling import load_tokenizer
-    from common.recipe import parse_recipe
+    from common.modeling import load_tokenizer, resolve_model_path
+    from common.recipe import attribution_model, parse_recipe
     from data import synthetic
     from data.loaders import load_trace_records
     from data.records import write_jsonl
@@ -95,6 +179,7 @@ def run(recipe_path: str, run_dir: str | None, overrides: list[str], n_train: in
                                                        data / "synthetic" / "test.jsonl"))})
     records, load = load_trace_records(recipe.traces)
     attr_dir = recipe.attribution.attribution_dir
+    stage("model", lambda: {"path": resolve_model_path(attribution_model(recipe.attribution, recipe.model).model_name_or_path)})
     stage("attribution", lambda: runner.run(recipe.traces, recipe.attribution, recipe.model, records, load=load))
     tok = load_tokenizer(recipe.model.model_name_or_path, recipe.traces.chat_template, recipe.training.think_tokens)
     attributions = load_attributions(attr_dir)
@@ -104,14 +189,19 @@ def run(recipe_path: str, run_dir: str | None, overrides: list[str], n_train: in
     label_summaries = {name: stage(f"labels_{name}", lambda r=r: write_labels(tok, records, attributions, r, load,
                                                                               command).to_dict())
                        for name, r in runs.items()}
+    results = {}
     for name, r in runs.items():  # both get the same schedule; a two-stage recipe trains full CoT first in both
-        stage(f"train_{name}", lambda r=r: {"loss": train(r).state.log_history[-1]})
+        results[f"train_{name}"] = stage(f"train_{name}", lambda r=r: _trained(train(r)))
     for name, r in runs.items():
-        stage(f"eval_{name}", lambda r=r: evaluate(str(r.trained_model_dir), r.selection.labels_name, r.eval,
-                                                   r.traces.chat_template, r.training.think_prefix))
+        results[f"eval_{name}"] = stage(f"eval_{name}", lambda r=r: evaluate(
+            str(r.trained_model_dir), r.selection.labels_name, r.eval, r.traces.chat_template, r.training.think_prefix))
+    work = _work(recipe, attributions, stage.times, results)
     table = collect_table(recipe.eval.eval_dir, "all", tuple(recipe.eval.eval_pass_k))
+    names = [runs[k].selection.labels_name for k in ("full_cot", "selective")]  # the baseline first, as Table 1
     report = write_report(runs["selective"].selection, attr_dir, records)
-    lines = ["## Accuracy and output length", "", table, "", "## Supervision", "",
+    lines = ["## Accuracy and output length", "", table, "",
+             accuracy_table(recipe.eval.eval_dir, names), "",
+             "## Supervision", "",
              "| labels | segments per trace | segments trained | tokens trained | records |", "|---|---|---|---|---|"]
     for name, s in label_summaries.items():
         lines.append(f"| {runs[name].selection.labels_name} | {s['segments_per_trace']:.1f} | {s['pct_segments_selected']:.1f}% | "
@@ -124,15 +214,15 @@ def run(recipe_path: str, run_dir: str | None, overrides: list[str], n_train: in
         by_sel = {sel: {rid: {"selected": select(v, replace(recipe.selection, selector=sel)).segment_selected.tolist()}
                         for rid, v in views.items()}
                   for sel in (recipe.selection.selector, "random_segments", "high_strength_segments")}
-        lines += ["", "## Planted redundancy (synthetic data: ground truth known)", "", planted_table(records, by_sel)]
+        lines += ["", "## Planted redundancy (synthetic data: ground truth known)", "", planted_table(records, by_sel),
+                  "", "Redundancy the trained models write (greedy, held-out questions):", "",
+                  redundancy_table(records, recipe.eval.eval_dir, names)]
     gap = load_summary(attr_dir)
     lines += ["", f"IG: {gap['attributed']} traces, mean completeness gap {gap['mean_completeness_gap']:.3f}",
-              f"plots and viewer: {report}"]
+              f"plots and viewer: {report}", "", "## Profile", "", profile_table(stage.times, work)]
     text = "\n".join(lines)
     (paths.run_dir / "results.md").write_text(text + "\n")
     print("\n" + text)
-    if stage.times:
-        print("\nstage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in stage.times.items()))
     return {"results": str(paths.run_dir / "results.md"), "times": stage.times}
 
 
@@ -141,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(DEFAULT_RECIPE))
     p.add_argument("--run-dir", help="default: the recipe's run_dir")
-    p.add_argument("--n-train", type=int, default=24, help="synthetic training traces (traces: synthetic)")
+    p.add_argument("--n-train", type=int, default=16, help="synthetic training traces (traces: synthetic)")
     p.add_argument("--n-eval", type=int, default=20, help="held-out synthetic problems (traces: synthetic)")
     a, overrides = p.parse_known_args(argv)
     run(a.config, a.run_dir, overrides, a.n_train, a.n_eval)

@@ -194,3 +194,17 @@ def test_rebuilt_labels_load_fresh(tmp_path, tiny_tok):
     for folder, n in ((tmp_path / "a" / "all", 2), (tmp_path / "b" / "all", 3), (tmp_path / "a" / "all", 1)):
         save_labels(rows[:n], summary, folder, made_by={"command": "test"})
         assert datasets.load_dataset(str(folder), split="train")["id"] == [r["id"] for r in rows[:n]]
+
+
+def test_planted_counts_match_the_ground_truth():
+    """The planted-kind detector finds exactly the segments the generator planted (50 traces), and
+    counts a kind as often as a text repeats it."""
+    from collections import Counter
+
+    from data import synthetic
+
+    for rec in synthetic.generate(50, seed=1):
+        truth = Counter(m["kind"] for m in rec.meta["segments"])
+        assert synthetic.planted_counts(rec.trace) == {k: truth[k] for k in synthetic.OPENINGS}
+    twice = synthetic.OPENINGS["repeat"] + " First, 2 + 2 = 4." + synthetic.OPENINGS["repeat"] + " again"
+    assert synthetic.planted_counts(twice) == {"repeat": 2, "abandoned": 0, "restatement": 0}

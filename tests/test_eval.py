@@ -124,13 +124,35 @@ def _rows(bench, greedy, samples):
     return rows
 
 
+def test_wilson_interval_textbook_values():
+    """95% Wilson intervals: 2/20 -> [2.79%, 30.10%], 0/20 -> [0, 16.11%], 20/20 -> [83.89%, 100%]."""
+    from eval.metrics import wilson_interval
+
+    assert wilson_interval(2, 20) == pytest.approx((0.0279, 0.3010), abs=5e-5)
+    assert wilson_interval(0, 20) == pytest.approx((0.0, 0.1611), abs=5e-5)
+    assert wilson_interval(20, 20) == pytest.approx((0.8389, 1.0), abs=5e-5)
+
+
+def test_mcnemar_exact_by_hand():
+    """0 vs 5 discordant: 2 (1/2)^5 = 0.0625; 1 vs 4: 2 (1 + 5) / 32 = 0.375; 3 vs 3 and none: 1."""
+    from eval.metrics import mcnemar_exact
+
+    assert mcnemar_exact(0, 5) == mcnemar_exact(5, 0) == pytest.approx(0.0625)
+    assert mcnemar_exact(1, 4) == pytest.approx(0.375)
+    assert mcnemar_exact(3, 3) == mcnemar_exact(0, 0) == 1.0
+
+
 def test_summary_and_table1_every_cell():
     base = summarize(_rows("math500", [(1, 10), (0, 30)], [(3, 6, 100), (0, 6, 100)])
                      + _rows("aime24", [(1, 40)], [(2, 8, 200)]))
     sel = summarize(_rows("math500", [(1, 5), (1, 15)], [(6, 6, 50), (0, 6, 50)])
                     + _rows("aime24", [(0, 20)], [(4, 8, 100)]))
     # by hand: pass@6 of 3/6 correct = 1, of 2/8 = 1 - C(6,6)/C(8,6) = 27/28, of 4/8 = 1 - C(4,6)/C(8,6) = 1
-    assert base["math500"] == {"questions": 2, "greedy_acc": 50.0, "greedy_tokens": 20.0, "samples": 6, "pass@1": 25.0,
+    # Wilson at 1/2: center 0.5, half 1.96 sqrt(1/8 + 1.96^2/16) / (1 + 1.96^2/2) = 0.4055; lengths 10, 30: s.e. 10
+    ci = base["math500"].pop("greedy_acc_ci")
+    assert ci == pytest.approx([9.45, 90.55], abs=0.01)
+    assert base["math500"] == {"questions": 2, "greedy_correct": 1, "greedy_acc": 50.0, "greedy_tokens": 20.0,
+                               "greedy_tokens_se": pytest.approx(10.0), "samples": 6, "pass@1": 25.0,
                                "pass@6": 50.0, "sample_tokens": 100.0, "grading_timeouts": 0}
     assert base["aime24"]["pass@1"] == 25.0 and base["aime24"]["pass@6"] == pytest.approx(100 * 27 / 28)
     assert summarize(_rows("amc23", [], [(1, 4, 9)]))["amc23"].keys() >= {"pass@1"}  # k=6 > n=4: not reported
