@@ -1,16 +1,17 @@
-"""CLI: ``python -m attribution {ig,labels,report,relabel} --config recipes/<model>/<method>.yaml [--key value ...]``.
+"""CLI: ``python -m attribution {ig,labels,report,relabel,analyze} --config recipes/<model>/<method>.yaml [--key value ...]``.
 
 - ``ig``: integrated gradients for every trace (resumable; ``accelerate launch -m attribution ig`` shards it).
 - ``labels``: selection -> the labels dataset (``labels_dir``) and its summary table.
 - ``report``: plots and the HTML viewer of a labels run.
 - ``relabel --from DIR``: the labels dataset in DIR, rebuilt for the recipe's model's tokenizer from its
   portable ``messages`` form, into the recipe's ``labels_dir``.
+- ``analyze``: the paper's Sec. 3 analyses on the attribution run, into ``<run_dir>/analysis``.
 """
 from __future__ import annotations
 
 import sys
 
-COMMANDS = ("ig", "labels", "report", "relabel")
+COMMANDS = ("ig", "labels", "report", "relabel", "analyze")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -54,6 +55,11 @@ def main(argv: list[str] | None = None) -> None:
         ran = finished(r.attribution.attribution_dir)
         attributions = load_attributions(r.attribution.attribution_dir) if needed or ran else None
         write_labels(tok, records, attributions, r, load, " ".join(["python -m attribution", *argv]))
+    elif command == "analyze":
+        from .analyze import analyze
+
+        analyze(r, records)
+        print(f"analysis: {r.analysis.analysis_dir}/report.md")
     else:
         from .report import write_report
 

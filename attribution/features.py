@@ -50,6 +50,17 @@ def sampled_confidence(model, tokenizer, head: str, answer: str, samples: int, s
     return float(np.mean([completes_answer(t, answer) for t in texts]))
 
 
+def segment_token_stats(model, tokenizer, prompt: str, segment_texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(K,) mean NLL (log perplexity) and (K,) mean predictive entropy of each segment's tokens, in
+    context, from one forward over prompt + trace; 0 for a segment no token starts in."""
+    starts, logp, ent = _scored_tokens(model, tokenizer, prompt + "".join(segment_texts), len(prompt))
+    bounds = np.cumsum([len(prompt)] + [len(t) for t in segment_texts])
+    seg = np.searchsorted(bounds, starts, side="right") - 1  # first-char rule, as in alignment
+    K = len(segment_texts)
+    return (np.array([-logp[seg == k].mean() if np.any(seg == k) else 0.0 for k in range(K)]),
+            np.array([ent[seg == k].mean() if np.any(seg == k) else 0.0 for k in range(K)]))
+
+
 def segment_features(model, tokenizer, prompt: str, segment_texts: list[str], answer: str | None,
                      names, suffix: str, confidence_samples: int = 0, seed: int = 0) -> dict[str, np.ndarray]:
     """The requested features (``ig_features``), each a (K,) array over the trace's segments;
@@ -69,10 +80,7 @@ def segment_features(model, tokenizer, prompt: str, segment_texts: list[str], an
         out["segment_perplexity"] = np.array(
             [trace_ppl(segment_texts[:k] + segment_texts[k + 1 :]) - base if K > 1 else 0.0 for k in range(K)])
     if "segment_entropy" in names:
-        starts, _, ent = _scored_tokens(model, tokenizer, prompt + "".join(segment_texts), p)
-        bounds = np.cumsum([p] + [len(t) for t in segment_texts])
-        seg = np.searchsorted(bounds, starts, side="right") - 1  # first-char rule, as in alignment
-        out["segment_entropy"] = np.array([ent[seg == k].mean() if np.any(seg == k) else 0.0 for k in range(K)])
+        out["segment_entropy"] = segment_token_stats(model, tokenizer, prompt, segment_texts)[1]
     if "confidence_gain" in names:
         if not answer:
             raise ValueError("confidence_gain needs the gold answer")

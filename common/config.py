@@ -250,4 +250,35 @@ class EvalArguments:
                 for b in self.eval_benchmarks}
 
 
-SECTIONS = (RunArguments, TracesArguments, AttributionArguments, SelectionArguments, TrainingArguments, EvalArguments)
+ANALYSIS_STEPS = ("redundancy", "confidence", "search", "linguistic", "judge", "position")
+
+
+@dataclass
+class AnalysisArguments:
+    """Sec. 3's analyses (``python -m attribution analyze``): why the selection is right on this model and data."""
+
+    RUN_ONLY: ClassVar[tuple[str, ...]] = ("analysis_dir",)
+
+    analysis_steps: list[str] = field(default_factory=lambda: list(ANALYSIS_STEPS), metadata={
+        "help": "any of " + ", ".join(ANALYSIS_STEPS)})
+    analysis_tau: float = field(default=0.8, metadata={"help": "tau of the important/unimportant split (Sec. 3.1: 0.8)"})
+    analysis_beta: float = field(default=0.95, metadata={"help": "beta of that split (Sec. 3.1: 0.95)"})
+    analysis_taus: list[float] = field(default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.9], metadata={
+        "help": "the tau grid of the search step"})
+    analysis_betas: list[float] = field(default_factory=lambda: [0.6, 0.7, 0.8, 0.9, 0.95, 1.0], metadata={
+        "help": "the beta grid of the search step"})
+    analysis_confidence_samples: int = field(default=0, metadata={
+        "help": "confidence of the answer after each segment: 0 = forced-answer log-prob (cheap, deterministic); "
+                "M = share of M answers sampled at t=0.6 that state it (Sec. 3.1: 32)"})
+    judge_model_name_or_path: str = field(default="Qwen/Qwen3-8B", metadata={
+        "help": "the model that says whether a segment is cut off (App. B: Qwen3-8B)"})
+    judge_max_new_tokens: int = 512
+    analysis_dir: str | None = field(default=None, metadata={"help": "default: <run_dir>/analysis"})
+
+    def __post_init__(self):
+        for step in self.analysis_steps:
+            _one_of("analysis", "analysis_steps", step, ANALYSIS_STEPS)
+
+
+SECTIONS = (RunArguments, TracesArguments, AttributionArguments, SelectionArguments, TrainingArguments, EvalArguments,
+            AnalysisArguments)

@@ -12,8 +12,8 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .config import (SECTIONS, SELECTORS, AttributionArguments, EvalArguments, RunArguments, SelectionArguments,
-                     TracesArguments, TrainingArguments)
+from .config import (SECTIONS, SELECTORS, AnalysisArguments, AttributionArguments, EvalArguments, RunArguments,
+                     SelectionArguments, TracesArguments, TrainingArguments)
 
 # transformers fills an unset output_dir with this name; the recipe then derives it from run_dir
 TRANSFORMERS_DEFAULT_OUTPUT_DIR = "trainer_output"
@@ -21,7 +21,7 @@ TRANSFORMERS_DEFAULT_OUTPUT_DIR = "trainer_output"
 
 @dataclass(frozen=True)
 class RunPaths:
-    """The one rule for run folders: <run_dir>/attribution, labels/<name>, models/<name>, eval."""
+    """The one rule for run folders: <run_dir>/attribution, labels/<name>, models/<name>, eval, analysis."""
 
     run_dir: Path
 
@@ -39,6 +39,10 @@ class RunPaths:
     def eval(self) -> Path:
         return self.run_dir / "eval"
 
+    @property
+    def analysis(self) -> Path:
+        return self.run_dir / "analysis"
+
 
 @dataclass
 class Recipe:
@@ -50,6 +54,7 @@ class Recipe:
     selection: SelectionArguments
     training: TrainingArguments
     eval: EvalArguments
+    analysis: AnalysisArguments
     sft: object  # trl.SFTConfig
     model: object  # trl.ModelConfig
 
@@ -79,7 +84,7 @@ def attribution_model(attribution: AttributionArguments, model_args):
 
 def make_recipe(sft, model, **sections) -> Recipe:
     """A recipe in code: TRL's configs plus any sections by name (run, traces, ...); the rest at defaults."""
-    defaults = dict(zip(("run", "traces", "attribution", "selection", "training", "eval"), SECTIONS))
+    defaults = dict(zip(("run", "traces", "attribution", "selection", "training", "eval", "analysis"), SECTIONS))
     unknown = set(sections) - set(defaults)
     if unknown:
         raise ValueError(f"unknown recipe sections {sorted(unknown)}; use {list(defaults)}")
@@ -100,6 +105,8 @@ def resolve_paths(recipe: Recipe) -> Recipe:
         recipe.sft.output_dir = str(p.model(name))
     if recipe.eval.eval_dir is None:
         recipe.eval.eval_dir = str(p.eval)
+    if recipe.analysis.analysis_dir is None:
+        recipe.analysis.analysis_dir = str(p.analysis)
     needs = SELECTORS[recipe.selection.selector]
     if needs not in (None, "ig") and needs not in recipe.attribution.ig_features:
         raise ValueError(f"selector {recipe.selection.selector!r} needs the attribution feature {needs!r}: "
