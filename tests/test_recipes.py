@@ -56,12 +56,30 @@ def test_explicit_folders_override_the_rule():
     assert r.attribution.attribution_dir == "x/attribution" and r.selection.labels_dir == "elsewhere/l"
     assert r.sft.output_dir == "m" and r.for_selector("all").selection.labels_dir == "x/labels/all"
     assert r.for_selector("all").sft.output_dir == "x/models/all"
+    assert r.analysis.analysis_dir == "x/analysis"
+    soft = parse_recipe(["--config", str(tiny), "--run_dir", "x", "--label_weights", "strength"])
+    assert soft.selection.labels_dir == "x/labels/paper_strength" and soft.sft.output_dir == "x/models/paper_strength"
+
+
+def test_attribution_model_dtype():
+    """The attribution model loads in attribution_dtype when set, else in the recipe's dtype; a run
+    made in another dtype is another attribution run (its fingerprint differs)."""
+    from common.config import fingerprint
+    from common.recipe import attribution_model
+
+    tiny = next(p for p in RECIPES if p.parent.name == "tiny")
+    plain = parse_recipe(["--config", str(tiny)])
+    bf16 = parse_recipe(["--config", str(tiny), "--attribution_dtype", "bfloat16"])
+    assert attribution_model(plain.attribution, plain.model).dtype == "float32"
+    assert attribution_model(bf16.attribution, bf16.model).dtype == "bfloat16" and bf16.model.dtype == "float32"
+    assert fingerprint(plain.attribution) != fingerprint(bf16.attribution)
 
 
 def test_sections_validate_their_keys(tmp_path):
     for key, value, message in [("selector", "best", "selector"), ("ig_rule", "simpson", "ig_rule"),
                                 ("ig_features", "[magic]", "ig_features"), ("keywords", "Wait,,Hmm", "keywords"),
-                                ("label_mode", "drop", "label_mode")]:
+                                ("label_mode", "drop", "label_mode"), ("label_weights", "gain", "label_weights"),
+                                ("analysis_steps", "[vibes]", "analysis_steps")]:
         with pytest.raises(ValueError, match=message):
             parse_recipe(["--config", str(RECIPES[0]), f"--{key}", value])
     with pytest.raises(ValueError, match="riemann_linspace.*riemann_right, the default"):
