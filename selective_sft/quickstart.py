@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import time
-
-import numpy as np
 from dataclasses import replace
 from pathlib import Path
+
+import numpy as np
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "quickstart" / "smollm2.yaml"
 
@@ -36,6 +36,8 @@ class Stages:
         if marker.exists():
             print(f"== {name}: done before, skipped")
             done = json.loads(marker.read_text())
+            if "seconds" not in done:  # a marker of an earlier version holds the result alone, untimed
+                done = {"result": done, "seconds": float("nan")}
             self.times[name] = done["seconds"]
             return done["result"]
         print(f"== {name}", flush=True)
@@ -231,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(DEFAULT_RECIPE))
     p.add_argument("--run-dir", help="default: the recipe's run_dir")
-    p.add_argument("--n-train", type=int, default=16, help="synthetic training traces (traces: synthetic)")
+    p.add_argument("--n-train", type=int, default=12, help="synthetic training traces (traces: synthetic)")
     p.add_argument("--n-eval", type=int, default=20, help="held-out synthetic problems (traces: synthetic)")
     a, overrides = p.parse_known_args(argv)
     run(a.config, a.run_dir, overrides, a.n_train, a.n_eval)
