@@ -6,9 +6,10 @@ IG_t = sum_h (x_th - x'_th) * sum_j w_j dF/dx_th (x' + a_j (x - x'))
 Lean by construction: parameters get no gradient, only the interpolated embeddings do; logits are
 computed only at the positions that predict answer tokens (never a length x vocab matrix); the
 forward stops at the last answer token; the tokens before the first moving one (the prompt, on the
-trace-only path) are run once and their keys/values reused at every point; alpha points run in batches; each point is kept only as
-its (T,) products sum_h (x - x')_th dF/dx_th, in fp32 whatever the model's dtype. Every result
-carries its completeness gap, so users see whether the number of points was enough.
+trace-only path) run once and their keys/values serve every point; alpha points run in batches;
+each point is kept only as its (T,) products sum_h (x - x')_th dF/dx_th, in fp32 whatever the
+model's dtype. Every result carries its completeness gap, so users see whether the number of
+points was enough.
 """
 from __future__ import annotations
 

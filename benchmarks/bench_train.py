@@ -6,7 +6,7 @@ common.assets) and ``--unsloth false,true`` compare the paths. Each run is its o
 memory is its own; gradient checkpointing is on for GPU runs.
     python -m benchmarks.bench_train                       # tiny-qwen2 and smollm2 on CPU
     python -m benchmarks.bench_train --model r1-distill-qwen-1.5b --length 4096,16384 --batch 1 --unsloth false,true
-    python -m benchmarks.bench_train --model smollm2 --length 300 --precision fp32,bf16   # CPU autocast
+    python -m benchmarks.bench_train --model tiny-qwen2 --steps 3 --length 300 --precision fp32,bf16   # CPU autocast
 """
 from __future__ import annotations
 
