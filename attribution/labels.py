@@ -49,16 +49,20 @@ def _runs(text: str, chars: np.ndarray) -> list[tuple[str, bool]]:
     return [(text[a:b], bool(chars[a])) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
 
 
-def strength_weights(trained: np.ndarray, strength: np.ndarray) -> np.ndarray:
-    """Soft selection's per-token loss weights: a trained token with a segment strength (``strength``,
-    eq. 4's normalised value; NaN outside the trace) weighs it over the mean of all such trained tokens,
-    so they average 1; other trained tokens (the completion, EOS) weigh 1, untrained ones 0."""
+def strength_weights(trained: np.ndarray, token_segment: np.ndarray, segment_strength) -> list[float]:
+    """Soft selection's per-token loss weights: a trained token inside a segment with a strength
+    (``segment_strength``, eq. 4's normalised value; NaN for a part without one) weighs it over the mean
+    of all such trained tokens, so they average 1; other trained tokens (the completion, EOS) weigh 1,
+    untrained ones 0."""
+    strength = np.full(len(trained), np.nan)
+    inside = token_segment >= 0
+    strength[inside] = np.asarray(segment_strength, dtype=np.float64)[token_segment[inside]]
     weights = trained.astype(np.float32)
     scored = trained & ~np.isnan(strength)
     mean = strength[scored].mean() if scored.any() else 0.0
     if mean > 0:
         weights[scored] = strength[scored] / mean
-    return weights
+    return weights.tolist()
 
 
 def to_messages(prompt_messages: list[dict], parts: list[tuple[str, bool, float | None]]) -> list[dict]:
@@ -92,10 +96,8 @@ def relabel(tokenizer, messages: list[dict], think_prefix: str = "") -> dict:
            "labels": np.where(trained, al.input_ids, IGNORE).tolist(),
            "_trace_tokens": int(inside.sum()), "_trained_trace_tokens": int(trained[inside].sum())}
     if any("strength" in p for p in assistant["parts"]):
-        part_strength = np.asarray([p.get("strength", np.nan) for p in assistant["parts"]], dtype=np.float64)
-        strength = np.full(len(trained), np.nan)
-        strength[inside] = part_strength[al.token_segment[inside]]
-        row[WEIGHTS] = strength_weights(trained, strength).tolist()
+        part_strength = [p.get("strength", np.nan) for p in assistant["parts"]]
+        row[WEIGHTS] = strength_weights(trained, al.token_segment, part_strength)
     return row
 
 
@@ -143,11 +145,7 @@ def label_record(tokenizer, rec: Record, spans: list[list[int]], attribution: di
     else:
         chars = selected_chars(attribution, sel.token_selected, len(rec.trace))
         parts = [(t, train, None) for t, train in _runs(rec.trace, chars)]
-    weights = {}
-    if soft:
-        strength = np.full(len(ids), np.nan)
-        strength[inside] = scores.norm_strength[al.token_segment[inside]]
-        weights[WEIGHTS] = strength_weights(trained, strength).tolist()
+    weights = {WEIGHTS: strength_weights(trained, al.token_segment, scores.norm_strength)} if soft else {}
     return {
         "id": rec.id, "input_ids": ids.tolist(), "attention_mask": [1] * len(ids), "labels": labels.tolist(), **weights,
         "messages": to_messages(pt.prompt_messages, parts + [(rec.completion, True, None)]),

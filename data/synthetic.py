@@ -72,7 +72,7 @@ def _problem(rng: random.Random) -> dict:
         step1=f"pairing the first and last terms gives pairs that each sum to {n + 1}",
         step2=f"there are {n} terms, so the sum is {n} * {n + 1} / 2 = {ans}",
         check=f"the formula n(n+1)/2 with n = {n} gives {ans} again",
-        abandoned=f"I could just add them in order: 1 + 2 = 3, 3 + 3 = 6, 6 + 4 =",
+        abandoned="I could just add them in order: 1 + 2 = 3, 3 + 3 = 6, 6 + 4 =",
         unit="", answer=ans, name="the sum")
 
 

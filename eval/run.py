@@ -53,7 +53,7 @@ def evaluate(model_path: str, name: str, cfg: EvalArguments, chat_template: str 
     from common.modeling import load_tokenizer, resolve_model_path
 
     out = Path(cfg.eval_dir) / name
-    store = JsonlStore(out / "samples.jsonl", key="key")
+    store = _samples(cfg.eval_dir, name)
     items = [it for b, path in cfg.benchmark_files().items() for it in load_benchmark(b, path, cfg.eval_limit, cfg.eval_seed)]
     modes, max_new_tokens, batch_size, seed = cfg.modes, cfg.eval_max_new_tokens, cfg.eval_batch_size, cfg.eval_seed
     todo = [(it, mode, n) for it, mode, n in plan(items, list(modes), cfg.n_samples)
@@ -90,8 +90,13 @@ def evaluate(model_path: str, name: str, cfg: EvalArguments, chat_template: str 
 
 
 def load_samples(eval_dir: str | Path, name: str) -> list[dict]:
-    """The graded generations of one evaluated run: <eval_dir>/<name>/samples.jsonl."""
-    return list(JsonlStore(Path(eval_dir) / name / "samples.jsonl", key="key").rows())
+    """The graded generations of one evaluated run."""
+    return list(_samples(eval_dir, name).rows())
+
+
+def _samples(eval_dir: str | Path, name: str) -> JsonlStore:
+    """<eval_dir>/<name>/samples.jsonl: one row per sample, resumable."""
+    return JsonlStore(Path(eval_dir) / name / "samples.jsonl", key="key")
 
 
 def collect_table(out_dir: str | Path, baseline: str | None = None, ks: tuple[int, ...] = (1, 6)) -> str:

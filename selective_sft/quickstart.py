@@ -73,15 +73,21 @@ def planted_table(records, selectors: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def redundancy_table(records, eval_dir: str, names: list[str]) -> str:
-    """How much planted-kind redundancy each trained model writes in its greedy answers, beside the
-    training traces: the paper's thesis (redundancy propagates through SFT), measured directly."""
-    from data.synthetic import OPENINGS, planted_counts
+def greedy_samples(eval_dir: str, names: list[str]) -> dict[str, list[dict]]:
+    """The graded greedy answers of each evaluated run."""
     from eval.run import load_samples
 
+    return {n: [r for r in load_samples(eval_dir, n) if r["mode"] == "greedy"] for n in names}
+
+
+def redundancy_table(records, greedy: dict[str, list[dict]]) -> str:
+    """How much planted-kind redundancy each trained model writes in its greedy answers (``greedy``:
+    run -> samples), beside the training traces: the paper's thesis (redundancy propagates through
+    SFT), measured directly."""
+    from data.synthetic import OPENINGS, planted_counts
+
     texts = {"training traces": [r.trace for r in records]}
-    texts |= {f"{n} (held-out answers)": [r["response"] for r in load_samples(eval_dir, n) if r["mode"] == "greedy"]
-              for n in names}
+    texts |= {f"{n} (held-out answers)": [r["response"] for r in rows] for n, rows in greedy.items()}
     kinds = list(OPENINGS)
     lines = ["| text | " + " | ".join(f"{k} per text" for k in kinds) + " | texts with any planted kind |",
              "|---|" + "---|" * (len(kinds) + 1)]
@@ -102,13 +108,14 @@ def profile_table(times: dict[str, float], work: dict[str, tuple[str, str]]) -> 
     return "\n".join(lines + [f"| total | {sum(times.values()):.0f} | | |"])
 
 
-def accuracy_table(eval_dir: str, names: list[str]) -> str:
-    """Greedy accuracy as counts over totals with 95% Wilson intervals, lengths with standard errors,
-    and the paired comparison of the two runs on the same questions (exact McNemar test)."""
+def accuracy_table(greedy: dict[str, list[dict]]) -> str:
+    """Greedy accuracy (``greedy``: run -> samples, two runs) as counts over totals with 95% Wilson
+    intervals, lengths with standard errors, and the paired comparison of the two runs on the same
+    questions (exact McNemar test)."""
     from eval.metrics import mcnemar_exact, summarize
-    from eval.run import load_samples
 
-    greedy = {n: {(r["benchmark"], r["id"]): r for r in load_samples(eval_dir, n) if r["mode"] == "greedy"} for n in names}
+    names = list(greedy)
+    greedy = {n: {(r["benchmark"], r["id"]): r for r in rows} for n, rows in greedy.items()}
     lines = ["| run | correct | accuracy (95% Wilson interval) | mean output tokens (± s.e.) |", "|---|---|---|---|"]
     for name in names:
         for bench, s in summarize(list(greedy[name].values())).items():
@@ -131,16 +138,15 @@ def _trained(trainer) -> dict:
             "tokens": int(float(logged[-1])) if logged else None}
 
 
-def _work(recipe, attributions: dict, times: dict[str, float], results: dict[str, dict]) -> dict[str, tuple[str, str]]:
-    """What each stage did and its cost per unit: IG per point (the IG itself, without loading), training
-    per optimizer step, generation per output token."""
-    from common.recipe import attribution_model
-
+def _work(attribution, dtype: str, attributions: dict, times: dict[str, float],
+          results: dict[str, dict]) -> dict[str, tuple[str, str]]:
+    """What each stage did and its cost per unit: IG per point (the IG itself, without loading; the
+    attribution section and the attribution model's ``dtype``), training per optimizer step,
+    generation per output token."""
     ok = [r for r in attributions.values() if r["status"] == "ok"]
-    points, ig_seconds = len(ok) * recipe.attribution.ig_steps, sum(r["seconds"] for r in ok)
-    work = {"attribution": (f"{len(ok)} traces x {recipe.attribution.ig_steps} points, "
-                            f"{np.mean([len(r['input_ids']) for r in ok]):.0f} tokens each ({recipe.attribution.ig_rule}, "
-                            f"{attribution_model(recipe.attribution, recipe.model).dtype})",
+    points, ig_seconds = len(ok) * attribution.ig_steps, sum(r["seconds"] for r in ok)
+    work = {"attribution": (f"{len(ok)} traces x {attribution.ig_steps} points, "
+                            f"{np.mean([len(r['input_ids']) for r in ok]):.0f} tokens each ({attribution.ig_rule}, {dtype})",
                             f"{ig_seconds / max(points, 1):.2f} s per point")}
     for name, result in results.items():
         if name.startswith("train_"):
@@ -181,7 +187,8 @@ def run(recipe_path: str, run_dir: str | None, overrides: list[str], n_train: in
                                                        data / "synthetic" / "test.jsonl"))})
     records, load = load_trace_records(recipe.traces)
     attr_dir = recipe.attribution.attribution_dir
-    stage("model", lambda: {"path": resolve_model_path(attribution_model(recipe.attribution, recipe.model).model_name_or_path)})
+    attr_args = attribution_model(recipe.attribution, recipe.model)
+    stage("model", lambda: {"path": resolve_model_path(attr_args.model_name_or_path)})
     stage("attribution", lambda: runner.run(recipe.traces, recipe.attribution, recipe.model, records, load=load))
     tok = load_tokenizer(recipe.model.model_name_or_path, recipe.traces.chat_template, recipe.training.think_tokens)
     attributions = load_attributions(attr_dir)
@@ -197,12 +204,13 @@ def run(recipe_path: str, run_dir: str | None, overrides: list[str], n_train: in
     for name, r in runs.items():
         results[f"eval_{name}"] = stage(f"eval_{name}", lambda r=r: evaluate(
             str(r.trained_model_dir), r.selection.labels_name, r.eval, r.traces.chat_template, r.training.think_prefix))
-    work = _work(recipe, attributions, stage.times, results)
+    work = _work(recipe.attribution, attr_args.dtype, attributions, stage.times, results)
     table = collect_table(recipe.eval.eval_dir, "all", tuple(recipe.eval.eval_pass_k))
-    names = [runs[k].selection.labels_name for k in ("full_cot", "selective")]  # the baseline first, as Table 1
+    # the baseline first, as Table 1
+    greedy = greedy_samples(recipe.eval.eval_dir, [runs[k].selection.labels_name for k in ("full_cot", "selective")])
     report = write_report(runs["selective"].selection, attr_dir, records)
     lines = ["## Accuracy and output length", "", table, "",
-             accuracy_table(recipe.eval.eval_dir, names), "",
+             accuracy_table(greedy), "",
              "## Supervision", "",
              "| labels | segments per trace | segments trained | tokens trained | records |", "|---|---|---|---|---|"]
     for name, s in label_summaries.items():
@@ -218,7 +226,7 @@ def run(recipe_path: str, run_dir: str | None, overrides: list[str], n_train: in
                   for sel in (recipe.selection.selector, "random_segments", "high_strength_segments")}
         lines += ["", "## Planted redundancy (synthetic data: ground truth known)", "", planted_table(records, by_sel),
                   "", "Redundancy the trained models write (greedy, held-out questions):", "",
-                  redundancy_table(records, recipe.eval.eval_dir, names)]
+                  redundancy_table(records, greedy)]
     gap = load_summary(attr_dir)
     lines += ["", f"IG: {gap['attributed']} traces, mean completeness gap {gap['mean_completeness_gap']:.3f}",
               f"plots and viewer: {report}", "", "## Profile", "", profile_table(stage.times, work)]

@@ -47,11 +47,11 @@ def _samples(eval_dir, name, outcomes, tokens):
 def test_accuracy_table_counts_intervals_and_pairs(tmp_path):
     """a solves q0, q1; b solves q1, q2, q3 of 4: 2/4 and 3/4 with their Wilson intervals; paired, only a
     solves 1 and only b 2, McNemar p = min(1, 2 (1 + 3) / 8) = 1; lengths 10, 20, 30, 40: mean 25 ± 6."""
-    from selective_sft.quickstart import accuracy_table
+    from selective_sft.quickstart import accuracy_table, greedy_samples
 
     _samples(tmp_path, "a", [True, True, False, False], [10, 20, 30, 40])
     _samples(tmp_path, "b", [False, True, True, True], [10, 20, 30, 40])
-    lines = accuracy_table(str(tmp_path), ["a", "b"]).split("\n")
+    lines = accuracy_table(greedy_samples(str(tmp_path), ["a", "b"])).split("\n")
     assert lines[2] == "| a (synthetic) | 2/4 | 50.0% (15.0-85.0%) | 25 ± 6 |"
     assert lines[3] == "| b (synthetic) | 3/4 | 75.0% (30.1-95.4%) | 25 ± 6 |"
     assert lines[5] == ("Paired on the same 4 questions: only a solves 1, only b solves 2; exact McNemar p = 1.00 "

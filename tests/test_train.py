@@ -1,5 +1,4 @@
 """Training consumes the labels as they are: eq. 9 loss, no gradient from masked tokens, resume, checks."""
-import dataclasses
 import json
 
 import numpy as np
