@@ -1,7 +1,7 @@
 # The two commands of the README. Each sets up .venv on its own (scripts/setup_env.sh).
 PY := .venv/bin/python
 
-.PHONY: setup test quickstart bench
+.PHONY: setup test quickstart study bench
 
 setup:
 	@bash scripts/setup_env.sh
@@ -12,6 +12,9 @@ test: setup
 
 quickstart: setup
 	$(PY) -m selective_sft.quickstart $(ARGS)
+
+study: setup
+	$(PY) -m selective_sft.study --config recipes/study/smollm2.yaml $(ARGS)
 
 bench: setup
 	$(PY) -m benchmarks.bench_attribution $(ARGS)

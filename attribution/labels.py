@@ -23,6 +23,7 @@ from common.config import SELECTORS, SelectionArguments, TracesArguments
 from common.recipe import Recipe, attribution_model
 from data.prompts import build_text, training_text
 from data.records import LoadReport, Record
+from data.synthetic import planted_mask
 
 from .alignment import PROMPT, TAIL, align
 from .labels_dataset import IGNORE, WEIGHTS, LabelSummary, load_labels, push, save_labels, tokenizer_signature
@@ -105,7 +106,8 @@ def label_record(tokenizer, rec: Record, spans: list[list[int]], attribution: di
                  system: str | None = None, think_prefix: str = "") -> dict:
     """One labelled example with its segment metadata (before truncation)."""
     segs = segments_from_spans(rec.trace, spans)
-    view = trace_view(rec.id, rec.trace, rec.answer, spans, attribution, cfg.strength_aggregation)
+    view = trace_view(rec.id, rec.trace, rec.answer, spans, attribution, cfg.strength_aggregation,
+                      planted_mask(rec.meta, spans))
     sel = select(view, cfg)
     seg_sel = sel.segment_selected
     soft = cfg.label_weights == "strength"

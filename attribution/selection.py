@@ -85,6 +85,7 @@ class TraceView:
     answer: str | None = None
     features: dict[str, np.ndarray] = field(default_factory=dict)  # per-segment, higher = more important
     record_id: str = ""
+    planted: np.ndarray | None = None  # (K,) bool: the ground truth of synthetic traces (redundant segments)
 
     @property
     def segment_tokens(self) -> np.ndarray:
@@ -93,17 +94,19 @@ class TraceView:
 
 
 def trace_view(record_id: str, trace: str, answer: str | None, spans: list[list[int]], attribution: dict | None,
-               aggregation: str = "sqrt_norm") -> TraceView:
+               aggregation: str = "sqrt_norm", planted: list[bool] | None = None) -> TraceView:
     """What a selector looks at: segment texts from their character spans, and, with an attribution
     row, token IG, segment scores (``aggregation``: strength_aggregation) and features. Without one,
-    only text-level selectors can run."""
+    only text-level selectors can run. ``planted``: which segments are redundant, where known."""
     texts = [trace[a:b] for a, b in spans]
+    truth = None if planted is None else np.asarray(planted, dtype=bool)
     if attribution is None:
-        return TraceView(np.zeros(0, dtype=np.int64), len(spans), segment_texts=texts, answer=answer, record_id=record_id)
+        return TraceView(np.zeros(0, dtype=np.int64), len(spans), segment_texts=texts, answer=answer, record_id=record_id,
+                         planted=truth)
     token_segment = np.asarray(attribution["token_segment"], dtype=np.int64)
     token_ig = np.asarray(attribution["token_ig"], dtype=np.float64)
     return TraceView(token_segment, len(spans), token_ig, segment_scores(token_ig, token_segment, len(spans), aggregation), texts,
-                     answer, {k: np.asarray(v) for k, v in attribution.get("features", {}).items()}, record_id)
+                     answer, {k: np.asarray(v) for k, v in attribution.get("features", {}).items()}, record_id, truth)
 
 
 @dataclass
@@ -162,16 +165,17 @@ def high_strength_segments(view: TraceView, *, tau: float, keep_second_last: boo
 
 def random_segments(view: TraceView, *, tau: float, beta: float, keep_second_last: bool, segment_ratio: float | None,
                     selection_seed: int) -> Selection:
-    """Random segments, seeded per record: segment_ratio of them (ends included), or, with
-    segment_ratio None, as many as the paper's selector keeps on that trace."""
-    if segment_ratio is None:
-        n_keep = int(paper(view, tau=tau, beta=beta, keep_second_last=keep_second_last).segment_selected.sum())
-    else:
-        n_keep = round(segment_ratio * view.n_segments)
+    """Random segments, seeded per record: the ends, plus segment_ratio of the other segments (App. C.4:
+    the ends are kept in addition), or, with segment_ratio None, as many in all as the paper's selector
+    keeps on that trace."""
     keep = _ends(view.n_segments, keep_second_last)
+    others = np.flatnonzero(~keep)
+    if segment_ratio is None:
+        n_draw = int(paper(view, tau=tau, beta=beta, keep_second_last=keep_second_last).segment_selected.sum()) - int(keep.sum())
+    else:
+        n_draw = round(segment_ratio * len(others))
     rng = np.random.default_rng([selection_seed, zlib.crc32(view.record_id.encode())])
-    rest = rng.permutation(np.flatnonzero(~keep))[: max(n_keep - int(keep.sum()), 0)]
-    keep[rest] = True
+    keep[rng.permutation(others)[: max(n_draw, 0)]] = True
     return _from_segments(view, keep)
 
 
@@ -252,6 +256,14 @@ def confidence_gain(view: TraceView, *, keep_second_last: bool) -> Selection:
     return _from_segments(view, (_feature(view, "confidence_gain") > 0) | _ends(view.n_segments, keep_second_last))
 
 
+def oracle(view: TraceView) -> Selection:
+    """The ceiling on synthetic traces: every segment but the planted redundant ones (ends always kept)."""
+    if view.planted is None:
+        raise ValueError(f"record {view.record_id!r}: the oracle selector needs the planted-segment ground truth "
+                         f"(meta.segments of data.synthetic traces, matching the record's segments)")
+    return _from_segments(view, ~view.planted | _ends(view.n_segments, False))
+
+
 def all_tokens(view: TraceView) -> Selection:
     """Full-CoT SFT: every trace token."""
     return _from_segments(view, np.ones(view.n_segments, dtype=bool))
@@ -268,6 +280,7 @@ IMPLEMENTATIONS: dict[str, Callable[..., Selection]] = {
     "segment_perplexity": _by_feature("segment_perplexity"),
     "segment_entropy": _by_feature("segment_entropy"),
     "confidence_gain": confidence_gain,
+    "oracle": oracle,
     "all": all_tokens,
 }
 assert IMPLEMENTATIONS.keys() == SELECTORS.keys(), "every registered selector needs an implementation"

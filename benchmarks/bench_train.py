@@ -7,11 +7,13 @@ memory is its own; gradient checkpointing is on for GPU runs.
     python -m benchmarks.bench_train                       # tiny-qwen2 and smollm2 on CPU
     python -m benchmarks.bench_train --model r1-distill-qwen-1.5b --length 4096,16384 --batch 1 --unsloth false,true
     python -m benchmarks.bench_train --model tiny-qwen2 --steps 3 --length 300 --precision fp32,bf16   # CPU autocast
+    python -m benchmarks.bench_train --model smollm2 --steps 4 --batch 8 --length 320 --allocator default,keep
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -76,27 +78,31 @@ def main() -> None:
     p.add_argument("--length", default="512", help="comma-separated sequence lengths")
     p.add_argument("--unsloth", default="false", help="comma-separated: false, true")
     p.add_argument("--precision", default="fp32", help="CPU: comma-separated fp32, bf16 (autocast); GPU runs are bf16")
+    p.add_argument("--allocator", default="keep", help="comma-separated: keep (common.runtime: glibc keeps freed "
+                   "memory, what the study and quickstart run with), default (glibc's own settings)")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.one:
         print(json.dumps(one(a.model, a.steps, a.batch, int(a.length), a.unsloth, a.precision)))
         return
-    print("| model | length | unsloth | precision | tokens/step | tokens/s | peak RSS MB | peak GPU MB |\n"
-          "|---|---|---|---|---|---|---|---|")
-    for model in a.model.split(","):
-        for length in a.length.split(","):
-            for unsloth in a.unsloth.split(","):
-                for precision in a.precision.split(","):
-                    cmd = [sys.executable, "-m", "benchmarks.bench_train", "--one", "--model", model, "--steps",
-                           str(a.steps), "--batch", str(a.batch), "--length", length, "--unsloth", unsloth,
-                           "--precision", precision]
-                    out = subprocess.run(cmd, capture_output=True, text=True)
-                    if out.returncode:
-                        sys.exit(out.stderr[-3000:])
-                    r = json.loads(out.stdout.strip().splitlines()[-1])
-                    gpu = f"{r['peak_gpu_mb']:.0f}" if r["peak_gpu_mb"] is not None else "-"
-                    print(f"| {model} | {length} | {unsloth} | {r['precision']} | {r['tokens_per_step']:.0f} | "
-                          f"{r['tokens_per_s']:.0f} | {r['peak_rss_mb']:.0f} | {gpu} |", flush=True)
+    from itertools import product
+
+    from common.runtime import MALLOC_ENV
+
+    print("| model | length | unsloth | precision | allocator | tokens/step | tokens/s | peak RSS MB | peak GPU MB |\n"
+          "|---|---|---|---|---|---|---|---|---|")
+    for model, length, unsloth, precision, allocator in product(*(getattr(a, k).split(",") for k in (
+            "model", "length", "unsloth", "precision", "allocator"))):
+        cmd = [sys.executable, "-m", "benchmarks.bench_train", "--one", "--model", model, "--steps", str(a.steps),
+               "--batch", str(a.batch), "--length", length, "--unsloth", unsloth, "--precision", precision]
+        env = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV} | (MALLOC_ENV if allocator == "keep" else {})
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if out.returncode:
+            sys.exit(out.stderr[-3000:])
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        gpu = f"{r['peak_gpu_mb']:.0f}" if r["peak_gpu_mb"] is not None else "-"
+        print(f"| {model} | {length} | {unsloth} | {r['precision']} | {allocator} | {r['tokens_per_step']:.0f} | "
+              f"{r['tokens_per_s']:.0f} | {r['peak_rss_mb']:.0f} | {gpu} |", flush=True)
 
 
 if __name__ == "__main__":

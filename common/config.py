@@ -40,6 +40,7 @@ SELECTORS: dict[str, str | None] = {
     "segment_perplexity": "segment_perplexity",
     "segment_entropy": "segment_entropy",
     "confidence_gain": "confidence_gain",
+    "oracle": None,
     "all": None,
 }
 
@@ -154,7 +155,8 @@ class SelectionArguments:
     keep_second_last: bool = field(default=False, metadata={"help": "also keep the second-to-last segment (authors' code)"})
     token_ratio: float = field(default=0.45, metadata={"help": "target token ratio of threshold-free baselines"})
     segment_ratio: float | None = field(default=0.33, metadata={
-        "help": "random_segments: share of segments kept, ends included (paper: ~33%); null: as many as paper keeps"})
+        "help": "random_segments: share of the segments besides the always-kept ends that is drawn (App. C.4: ~33%%); "
+                "null: as many segments in all as the paper's selector keeps on that trace"})
     strength_aggregation: str = field(default="sqrt_norm", metadata={"help": " | ".join(STRENGTH_AGGREGATIONS) + " (eq. 3: sqrt_norm)"})
     selection_seed: int = 0
     label_mode: str = field(default="mask", metadata={"help": "'mask' unselected segments, or 'prune' them from the text"})
@@ -280,5 +282,23 @@ class AnalysisArguments:
             _one_of("analysis", "analysis_steps", step, ANALYSIS_STEPS)
 
 
+@dataclass
+class StudyArguments:
+    """The controlled study on synthetic traces (``python -m selective_sft.study``): its sizes and seeds.
+    The recipe says why each value was chosen; ``--quick`` runs the same design at tiny sizes."""
+
+    RUN_ONLY: ClassVar[tuple[str, ...]] = ()
+
+    study_n_train: int = field(default=64, metadata={"help": "students' training traces (planted redundancy)"})
+    study_n_eval: int = field(default=100, metadata={"help": "held-out questions every model answers"})
+    study_n_attributor: int = field(default=96, metadata={
+        "help": "clean traces (questions disjoint from the students') the attribution model is fine-tuned on"})
+    study_attributor_epochs: float = 2.0
+    study_max_planted: int = field(default=6, metadata={"help": "planted segments per trace are drawn from 0..this"})
+    study_seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={
+        "help": "training seeds of the main rows (full CoT, oracle, paper, random)"})
+    study_other_seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "training seeds of the other rows"})
+
+
 SECTIONS = (RunArguments, TracesArguments, AttributionArguments, SelectionArguments, TrainingArguments, EvalArguments,
-            AnalysisArguments)
+            AnalysisArguments, StudyArguments)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .config import (SECTIONS, SELECTORS, AnalysisArguments, AttributionArguments, EvalArguments, RunArguments,
-                     SelectionArguments, TracesArguments, TrainingArguments)
+                     SelectionArguments, StudyArguments, TracesArguments, TrainingArguments)
 
 # transformers fills an unset output_dir with this name; the recipe then derives it from run_dir
 TRANSFORMERS_DEFAULT_OUTPUT_DIR = "trainer_output"
@@ -55,6 +55,7 @@ class Recipe:
     training: TrainingArguments
     eval: EvalArguments
     analysis: AnalysisArguments
+    study: StudyArguments
     sft: object  # trl.SFTConfig
     model: object  # trl.ModelConfig
 
@@ -84,7 +85,7 @@ def attribution_model(attribution: AttributionArguments, model_args):
 
 def make_recipe(sft, model, **sections) -> Recipe:
     """A recipe in code: TRL's configs plus any sections by name (run, traces, ...); the rest at defaults."""
-    defaults = dict(zip(("run", "traces", "attribution", "selection", "training", "eval", "analysis"), SECTIONS))
+    defaults = dict(zip(("run", "traces", "attribution", "selection", "training", "eval", "analysis", "study"), SECTIONS))
     unknown = set(sections) - set(defaults)
     if unknown:
         raise ValueError(f"unknown recipe sections {sorted(unknown)}; use {list(defaults)}")

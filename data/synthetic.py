@@ -1,13 +1,20 @@
-"""Small math word problems with R1-style traces and planted redundancy of known position.
+"""Small word problems with R1-style traces and planted redundancy of known position and share.
 
-Each trace is a chain of keyword-opened segments (paper keyword list): genuine reasoning steps, plus
-planted redundant ones of three kinds, recorded in ``meta["segments"]`` with their character spans:
+A trace is a chain of keyword-opened segments (paper keyword list): the genuine steps of one of four
+problem families a 135M model can learn (two-digit addition and subtraction by tens and ones, a times
+table product, a rectangle's perimeter), and planted redundant segments of four kinds (paper Sec. 3),
+recorded in ``meta["segments"]`` with their character spans:
 
-- ``repeat``: a verbatim repeat of an earlier step's computation;
-- ``abandoned``: an alternative approach cut off mid-computation;
-- ``restatement``: a superficial rewording of the result once it is known.
+- ``repeat``: a genuine step's computation done again;
+- ``verify``: a check of a result already established;
+- ``abandoned``: another approach, cut off mid-computation;
+- ``restatement``: the result reworded once it is known.
 
-The ground truth lets the quickstart measure how often the selector masks planted segments.
+Genuine and planted segments draw their opening keyword from the same list, so the opening word says
+nothing about the kind; each planted kind has a fixed phrase after it (``MARKERS``), which lets
+``planted_counts`` find the kinds in any text, a trained model's answers included. The number of
+planted segments is drawn per trace (0 to ``max_planted``), so the planted share of a trace varies
+from none to most of it. ``plant=False`` gives the clean traces (genuine steps only).
 """
 from __future__ import annotations
 
@@ -17,86 +24,82 @@ from .records import Record, write_jsonl
 
 NAMES = ["Tom", "Ana", "Ravi", "Mia", "Kofi", "Lena", "Omar", "Yuki", "Sara", "Ivan"]
 ITEMS = ["apples", "marbles", "stickers", "pencils", "coins", "cards", "shells", "books"]
-KINDS = ("genuine", "repeat", "abandoned", "restatement")
-# how each planted kind opens: a generated text can be searched for them (planted_counts)
-OPENINGS = {"repeat": "\n\nBut wait, let me redo that first part.", "abandoned": "\n\nAlternatively, ",
-            "restatement": "\n\nHowever, in other words, the result is"}
+KINDS = ("genuine", "repeat", "verify", "abandoned", "restatement")
+PLANTED = KINDS[1:]
+# every segment after the first opens with one of these (all paper keywords), whatever its kind
+OPENERS = ("Wait,", "But wait,", "Alternatively,", "However,", "Going back,", "Another thing:")
+# the phrase after the opener that marks each planted kind (never in a genuine segment)
+MARKERS = {"repeat": "let me redo that:", "verify": "let me double-check:", "abandoned": "I could also try",
+           "restatement": "in other words, the result is"}
 
 
 def _problem(rng: random.Random) -> dict:
-    """One problem: question, two computation steps, a check, the answer and an abandoned attempt."""
+    """One problem: its question, genuine steps (each a computation), a check, an abandoned approach."""
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
-    kind = rng.randrange(4)
-    if kind == 0:
-        a, b = rng.randint(2, 9), rng.randint(3, 12)
-        c = rng.randint(1, a * b - 1)
-        ans = a * b - c
-        return dict(
-            question=f"{name} has {a} boxes with {b} {item} in each box. {name} gives away {c} {item}. "
-                     f"How many {item} does {name} have left?",
-            setup=f"{name} starts with {a} boxes of {b} {item}",
-            step1=f"{a} boxes times {b} {item} per box is {a} * {b} = {a * b} {item}",
-            step2=f"giving away {c} leaves {a * b} - {c} = {ans} {item}",
-            check=f"{ans} + {c} = {a * b}, which matches {a} * {b}",
-            abandoned=f"I could count box by box: {b}, {2 * b}, {3 * b}, and then",
-            unit=item, answer=ans, name=name)
-    if kind == 1:
-        a, b = rng.randint(3, 20), rng.randint(2, 15)
-        ans = 2 * (a + b)
-        return dict(
-            question=f"A rectangle has length {a} and width {b}. What is its perimeter?",
-            setup=f"the rectangle is {a} long and {b} wide",
-            step1=f"one length plus one width is {a} + {b} = {a + b}",
-            step2=f"the perimeter counts each side twice, so it is 2 * {a + b} = {ans}",
-            check=f"{a} + {b} + {a} + {b} = {ans}",
-            abandoned=f"the perimeter is 2 * {a} + 2 * {b}, which is {2 * a} plus",
-            unit="units", answer=ans, name="the rectangle")
-    if kind == 2:
-        a, b = rng.randint(2, 8), rng.randint(2, 9)
-        c = rng.choice([x for x in (20, 50, 100) if x > a * b])
-        ans = c - a * b
-        return dict(
-            question=f"{name} buys {a} {item} at {b} dollars each and pays with a {c}-dollar bill. "
-                     f"How many dollars of change does {name} get?",
-            setup=f"{name} buys {a} {item} at {b} dollars each",
-            step1=f"the cost is {a} * {b} = {a * b} dollars",
-            step2=f"the change is {c} - {a * b} = {ans} dollars",
-            check=f"{a * b} + {ans} = {c}, the value of the bill",
-            abandoned=f"I could subtract the price of each of the {item} from {c} one at a time: {c} - {b} = {c - b}, then",
-            unit="dollars", answer=ans, name=name)
-    n = rng.randint(4, 30)
-    ans = n * (n + 1) // 2
-    return dict(
-        question=f"What is the sum of the first {n} positive integers?",
-        setup=f"I need 1 + 2 + ... + {n}",
-        step1=f"pairing the first and last terms gives pairs that each sum to {n + 1}",
-        step2=f"there are {n} terms, so the sum is {n} * {n + 1} / 2 = {ans}",
-        check=f"the formula n(n+1)/2 with n = {n} gives {ans} again",
-        abandoned="I could just add them in order: 1 + 2 = 3, 3 + 3 = 6, 6 + 4 =",
-        unit="", answer=ans, name="the sum")
+    family = rng.randrange(4)
+    if family == 0:  # addition by tens and ones
+        a, b = rng.randint(11, 69), rng.randint(11, 29)
+        (ta, oa), (tb, ob) = divmod(a, 10), divmod(b, 10)
+        ans = a + b
+        return dict(question=f"{name} has {a} {item} and gets {b} more. How many {item} does {name} have now?",
+                    setup=f"I need {a} + {b}",
+                    steps=[f"the tens: {10 * ta} + {10 * tb} = {10 * (ta + tb)}", f"the ones: {oa} + {ob} = {oa + ob}",
+                           f"together: {10 * (ta + tb)} + {oa + ob} = {ans}"],
+                    check=f"{ans} - {b} = {a}", abandoned=f"counting up from {a}: {a + 1}, {a + 2}, and then",
+                    answer=ans)
+    if family == 1:  # subtraction by tens and ones, no borrowing
+        tb, ob = rng.randint(1, 4), rng.randint(0, 5)
+        ta, oa = rng.randint(tb + 1, 9), rng.randint(ob, 9)
+        a, b = 10 * ta + oa, 10 * tb + ob
+        ans = a - b
+        return dict(question=f"{name} has {a} {item} and gives away {b}. How many {item} does {name} have left?",
+                    setup=f"I need {a} - {b}",
+                    steps=[f"the tens: {10 * ta} - {10 * tb} = {10 * (ta - tb)}", f"the ones: {oa} - {ob} = {oa - ob}",
+                           f"together: {10 * (ta - tb)} + {oa - ob} = {ans}"],
+                    check=f"{ans} + {b} = {a}", abandoned=f"counting down from {a}: {a - 1}, {a - 2}, and then",
+                    answer=ans)
+    if family == 2:  # a times-table product
+        a, b = rng.randint(2, 9), rng.randint(2, 9)
+        ans = a * b
+        return dict(question=f"{name} has {a} boxes with {b} {item} in each box. How many {item} does {name} have?",
+                    setup=f"I need {a} groups of {b}",
+                    steps=[f"the product: {a} * {b} = {ans}"],
+                    check=f"{ans} / {a} = {b}", abandoned=f"adding box by box: {b}, {2 * b}, and then", answer=ans)
+    a, b = rng.randint(2, 19), rng.randint(2, 19)  # a rectangle's perimeter
+    ans = 2 * (a + b)
+    return dict(question=f"A rectangle has length {a} and width {b}. What is its perimeter?",
+                setup=f"the perimeter is twice {a} + {b}",
+                steps=[f"one length and one width: {a} + {b} = {a + b}", f"twice that: 2 * {a + b} = {ans}"],
+                check=f"{a} + {b} + {a} + {b} = {ans}", abandoned=f"adding the sides in turn: {a} + {b} = {a + b}, then",
+                answer=ans)
 
 
-def make_trace(p: dict, rng: random.Random, plant: bool = True) -> tuple[str, list[dict]]:
-    """Join genuine and (optionally) planted segments; returns the trace and per-segment metadata."""
-    unit = f" {p['unit']}" if p["unit"] else ""
-    genuine = [
-        f"Okay, let me work through this. {p['setup'][0].upper() + p['setup'][1:]}. First, {p['step1']}.",
-        f"\n\nWait, that is only part of it. Next, {p['step2']}.",
-        f"\n\nAnother check: {p['check']}. So the final answer is \\boxed{{{p['answer']}}}.",
-    ]
-    pieces = [(genuine[0], "genuine"), (genuine[1], "genuine")]
+def _planted(kind: str, p: dict, step: int) -> str:
+    """The body of a planted segment of ``kind`` (after its opener); a repeat redoes genuine ``step``."""
+    if kind == "repeat":
+        return f"{MARKERS['repeat']} {p['steps'][step]}."
+    if kind == "verify":
+        return f"{MARKERS['verify']} {p['check']}, so that holds."
+    if kind == "abandoned":
+        return f"{MARKERS['abandoned']} {p['abandoned']}"
+    return f"{MARKERS['restatement']} {p['answer']}."
+
+
+def make_trace(p: dict, rng: random.Random, plant: bool = True, max_planted: int = 6) -> tuple[str, list[dict]]:
+    """The trace of problem ``p`` and its per-segment metadata (span, kind). Planted segments sit
+    between the first and last segments: an abandoned attempt anywhere there, a repeat after the step
+    it redoes, checks and restatements once the result is known (after the last genuine step)."""
+    opener = lambda: "\n\n" + rng.choice(OPENERS) + " "  # noqa: E731
+    body = [(opener() + step + ".", "genuine", i) for i, step in enumerate(p["steps"])]
     if plant:
-        planted = [
-            (f"{OPENINGS['repeat']} First, {p['step1']}.", "repeat"),
-            (f"{OPENINGS['abandoned']}{p['abandoned']}", "abandoned"),
-            (f"{OPENINGS['restatement']} {p['answer']}{unit}.", "restatement"),
-        ]
-        order = rng.sample(range(3), k=rng.randint(1, 3))
-        # repeats and abandoned attempts go between the steps, restatements after the result is known
-        for i in order:
-            text, kind = planted[i]
-            pieces.insert(1 if kind != "restatement" and rng.random() < 0.5 else len(pieces), (text, kind))
-    pieces.append((genuine[2], "genuine"))
+        for _ in range(rng.randint(0, max_planted)):
+            kind, step = rng.choice(PLANTED), rng.randrange(len(p["steps"]))
+            after = {"abandoned": -1, "repeat": step}.get(kind, len(p["steps"]) - 1)  # the genuine step it follows
+            first = 0 if after < 0 else next(i for i, b in enumerate(body) if b[2] == after) + 1
+            body.insert(rng.randint(first, len(body)), (opener() + _planted(kind, p, step), kind, None))
+    pieces = [(f"Okay, {p['setup']}.", "genuine"),
+              *((text, kind) for text, kind, _ in body),
+              (f"{opener()}so the final answer is \\boxed{{{p['answer']}}}.", "genuine")]
     trace, meta, at = "", [], 0
     for text, kind in pieces:
         meta.append({"start": at, "end": at + len(text), "kind": kind})
@@ -107,17 +110,35 @@ def make_trace(p: dict, rng: random.Random, plant: bool = True) -> tuple[str, li
 
 def planted_counts(text: str) -> dict[str, int]:
     """How many segments of each planted kind a text (a trace, or a trained model's answer) contains."""
-    return {kind: text.count(opening) for kind, opening in OPENINGS.items()}
+    return {kind: text.count(marker) for kind, marker in MARKERS.items()}
 
 
-def generate(n: int, seed: int = 0, split: str = "train", plant: bool = True) -> list[Record]:
-    """``n`` records; the same seed and split give the same records."""
+def planted_share(rec: Record) -> float:
+    """The share of a record's trace characters that sit in planted segments."""
+    planted = sum(m["end"] - m["start"] for m in rec.meta["segments"] if m["kind"] != "genuine")
+    return planted / max(len(rec.trace), 1)
+
+
+def planted_mask(meta: dict, spans: list[list[int]]) -> list[bool] | None:
+    """Per segment at ``spans``: whether it is planted, from a record's ``meta``; None when the record
+    has no ground truth for exactly these segments."""
+    truth = {(m["start"], m["end"]): m["kind"] != "genuine" for m in meta.get("segments", []) if "kind" in m}
+    flags = [truth.get((a, b)) for a, b in spans]
+    return None if not truth or None in flags else flags
+
+
+def generate(n: int, seed: int = 0, split: str = "train", plant: bool = True, max_planted: int = 6,
+             exclude: set[str] = frozenset()) -> list[Record]:
+    """``n`` records with distinct questions, none in ``exclude``; the same arguments give the same records."""
     rng = random.Random(f"{seed}-{split}")
-    records = []
-    for i in range(n):
+    records, seen = [], set(exclude)
+    while len(records) < n:
         p = _problem(rng)
-        trace, segs = make_trace(p, rng, plant)
-        records.append(Record(f"synth-{split}-{i}", p["question"], trace, str(p["answer"]), "synthetic",
+        if p["question"] in seen:
+            continue
+        seen.add(p["question"])
+        trace, segs = make_trace(p, rng, plant, max_planted)
+        records.append(Record(f"synth-{split}-{len(records)}", p["question"], trace, str(p["answer"]), "synthetic",
                               {"segments": segs}))
     return records
 
@@ -125,13 +146,16 @@ def generate(n: int, seed: int = 0, split: str = "train", plant: bool = True) ->
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    p = argparse.ArgumentParser(description="Write synthetic R1-style traces with planted redundancy as jsonl.")
+    p = argparse.ArgumentParser(prog="python -m data.synthetic",
+                                description="Write synthetic R1-style traces with planted redundancy as jsonl.")
     p.add_argument("path")
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", default="train")
+    p.add_argument("--clean", action="store_true", help="genuine steps only, nothing planted")
+    p.add_argument("--max-planted", type=int, default=6, help="planted segments per trace are drawn from 0..this")
     a = p.parse_args(argv)
-    print(write_jsonl(generate(a.n, a.seed, a.split), a.path))
+    print(write_jsonl(generate(a.n, a.seed, a.split, not a.clean, a.max_planted), a.path))
 
 
 if __name__ == "__main__":

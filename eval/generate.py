@@ -30,8 +30,39 @@ def pick_backend(name: str = "auto") -> str:
     return name
 
 
+@torch.no_grad()
+def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
+                  eos_token_id: int) -> list[list[int]]:
+    """Greedy decoding of a left-padded batch that drops each sequence from the batch once it emits
+    EOS, so a batch costs the tokens its answers have rather than its longest answer times the batch
+    (transformers' ``generate`` decodes every row until the last one ends). Per row: the new tokens,
+    EOS included."""
+    out: list[list[int]] = [[] for _ in range(len(input_ids))]
+    alive = torch.arange(len(input_ids), device=input_ids.device)
+    position = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # as generate: pads sit at 0
+    res = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position, use_cache=True)
+    cache, mask, last = res.past_key_values, attention_mask, position[:, -1]
+    for step in range(max_new_tokens):
+        token = res.logits[:, -1].argmax(-1)
+        for row, t in zip(alive.tolist(), token.tolist()):
+            out[row].append(t)
+        going = token != eos_token_id
+        if step == max_new_tokens - 1 or not going.any():
+            break
+        if not going.all():
+            keep = going.nonzero().squeeze(-1)
+            alive, token, mask, last = alive[keep], token[keep], mask[keep], last[keep]
+            cache.batch_select_indices(keep)
+        mask, last = torch.cat([mask, mask.new_ones(len(alive), 1)], -1), last + 1
+        res = model(input_ids=token[:, None], attention_mask=mask, position_ids=last[:, None], past_key_values=cache,
+                    use_cache=True)
+        cache = res.past_key_values
+    return out
+
+
 class HFGenerator:
-    """transformers ``generate`` with left padding, in batches of prompts."""
+    """transformers with left padding, in batches of prompts: ``greedy_decode`` for greedy answers,
+    ``generate`` for sampling."""
 
     def __init__(self, model_path: str, tokenizer, batch_size: int):
         from common.modeling import inference_model
@@ -47,6 +78,11 @@ class HFGenerator:
         for lo in range(0, len(prompts), self.batch_size):
             batch = prompts[lo : lo + self.batch_size]
             enc = self.tok(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
+            if s.temperature == 0 and s.n == 1:
+                for ids in greedy_decode(self.model, enc["input_ids"], enc["attention_mask"], s.max_new_tokens,
+                                         self.tok.eos_token_id):
+                    out.append([(self.tok.decode(ids, skip_special_tokens=True), len(ids))])
+                continue
             torch.manual_seed(s.seed + lo)
             # sampling as in the paper: temperature and top-p only (top_k=0 turns off transformers' default of 50)
             kwargs = (dict(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=0) if s.temperature > 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +22,9 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "quickstart" / "smollm2.yaml"
+# what the default run took where it was last measured (docs/measurements.md#quickstart)
+EXPECTED = ("quickstart: about 7 min on 2 cores where it was last measured (machines differ by 1.5x or more); "
+            "each stage prints its time")
 
 
 class Stages:
@@ -84,11 +88,11 @@ def redundancy_table(records, greedy: dict[str, list[dict]]) -> str:
     """How much planted-kind redundancy each trained model writes in its greedy answers (``greedy``:
     run -> samples), beside the training traces: the paper's thesis (redundancy propagates through
     SFT), measured directly."""
-    from data.synthetic import OPENINGS, planted_counts
+    from data.synthetic import MARKERS, planted_counts
 
     texts = {"training traces": [r.trace for r in records]}
     texts |= {f"{n} (held-out answers)": [r["response"] for r in rows] for n, rows in greedy.items()}
-    kinds = list(OPENINGS)
+    kinds = list(MARKERS)
     lines = ["| text | " + " | ".join(f"{k} per text" for k in kinds) + " | texts with any planted kind |",
              "|---|" + "---|" * (len(kinds) + 1)]
     for name, group in texts.items():
@@ -244,6 +248,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n-train", type=int, default=12, help="synthetic training traces (traces: synthetic)")
     p.add_argument("--n-eval", type=int, default=20, help="held-out synthetic problems (traces: synthetic)")
     a, overrides = p.parse_known_args(argv)
+    from common.runtime import keep_freed_memory
+
+    keep_freed_memory("selective_sft.quickstart", list(sys.argv[1:] if argv is None else argv))
+    if a.config == str(DEFAULT_RECIPE) and not overrides:
+        print(EXPECTED, flush=True)
     run(a.config, a.run_dir, overrides, a.n_train, a.n_eval)
 
 

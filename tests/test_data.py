@@ -1,6 +1,7 @@
 """Record loading: field mappings, chat traces, and bad records that are named, never silently lost."""
 import json
 
+import numpy as np
 import pytest
 
 from data.loaders import last_boxed, load_records, parse_chat_response
@@ -205,6 +206,31 @@ def test_planted_counts_match_the_ground_truth():
 
     for rec in synthetic.generate(50, seed=1):
         truth = Counter(m["kind"] for m in rec.meta["segments"])
-        assert synthetic.planted_counts(rec.trace) == {k: truth[k] for k in synthetic.OPENINGS}
-    twice = synthetic.OPENINGS["repeat"] + " First, 2 + 2 = 4." + synthetic.OPENINGS["repeat"] + " again"
-    assert synthetic.planted_counts(twice) == {"repeat": 2, "abandoned": 0, "restatement": 0}
+        assert synthetic.planted_counts(rec.trace) == {k: truth[k] for k in synthetic.MARKERS}
+    twice = "\n\nWait, " + synthetic.MARKERS["repeat"] + " 2 + 2 = 4.\n\nHowever, " + synthetic.MARKERS["repeat"] + " again"
+    assert synthetic.planted_counts(twice) == {"repeat": 2, "verify": 0, "abandoned": 0, "restatement": 0}
+
+
+def test_synthetic_planted_share_openers_and_disjoint_splits():
+    """Planted shares vary from none to most of a trace; genuine and planted segments open with the same
+    keywords; clean traces plant nothing; ``exclude`` keeps question sets disjoint."""
+    from collections import Counter
+
+    from data import synthetic
+
+    recs = synthetic.generate(200, seed=0)
+    shares = [synthetic.planted_share(r) for r in recs]
+    assert min(shares) == 0 and max(shares) > 0.6 and 0.3 < np.mean(shares) < 0.55
+    openers = {kind: Counter() for kind in ("genuine", "planted")}
+    for r in recs:
+        for m in r.meta["segments"][1:]:
+            text = r.trace[m["start"]:m["end"]]
+            openers["genuine" if m["kind"] == "genuine" else "planted"][text[2:].split(" ")[0]] += 1
+    assert set(openers["genuine"]) == set(openers["planted"]) == {o.split(" ")[0] for o in synthetic.OPENERS}
+    clean = synthetic.generate(20, seed=0, split="c", plant=False)
+    assert all(m["kind"] == "genuine" for r in clean for m in r.meta["segments"])
+    other = synthetic.generate(100, seed=0, split="eval", exclude={r.question for r in recs})
+    assert not {r.question for r in other} & {r.question for r in recs} and len({r.question for r in other}) == 100
+    spans = [[m["start"], m["end"]] for m in recs[1].meta["segments"]]
+    assert synthetic.planted_mask(recs[1].meta, spans) == [m["kind"] != "genuine" for m in recs[1].meta["segments"]]
+    assert synthetic.planted_mask(recs[1].meta, [[0, len(recs[1].trace)]]) is None and synthetic.planted_mask({}, spans) is None

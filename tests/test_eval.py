@@ -218,3 +218,28 @@ def test_vllm_backend(tmp_path):
                         eval_max_new_tokens=64, eval_backend="vllm", eval_limit=4, eval_dir=str(tmp_path))
     s = evaluate("smollm2", "smol-vllm", cfg)
     assert s["math500"]["questions"] == 4 and "pass@1" in s["math500"]
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_greedy_decode_drops_finished_rows_and_matches_generate(arch, tiny_tok, tiny_qwen2, tiny_llama):
+    """Greedy decoding that drops each row at its EOS gives exactly transformers' generate tokens, on a
+    left-padded batch whose rows stop at different steps (one never stops)."""
+    import torch
+
+    from eval.generate import greedy_decode
+
+    model = tiny_qwen2 if arch == "qwen2" else tiny_llama
+    tiny_tok.padding_side = "left"
+    enc = tiny_tok(["What is 2 + 2?", "A longer question about apples and boxes, please.", "x", "Tom has 3 cards."],
+                   return_tensors="pt", padding=True)
+    assert (enc["attention_mask"] == 0).any()  # padded rows
+    free = model.generate(**enc, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=tiny_tok.pad_token_id)
+    free = free[:, enc["input_ids"].shape[1]:]
+    eos = int(free[0, 4])  # a token row 0 emits at step 5: rows stop at different steps, or never
+    ref = model.generate(**enc, max_new_tokens=12, do_sample=False, eos_token_id=eos, pad_token_id=tiny_tok.pad_token_id)
+    ref = ref[:, enc["input_ids"].shape[1]:].tolist()
+    ours = greedy_decode(model, enc["input_ids"], enc["attention_mask"], 12, eos)
+    expected = [row[: row.index(eos) + 1] if eos in row else row for row in ref]
+    assert ours == expected
+    assert len(ours[0]) <= 5 and len({len(r) for r in ours}) > 1
+    assert greedy_decode(model, enc["input_ids"][:1], enc["attention_mask"][:1], 3, eos) == [expected[0][:3]]

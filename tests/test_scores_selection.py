@@ -72,19 +72,35 @@ def test_token_baselines_take_ratio_and_keep_ends():
         1, 2, 6, 7, 8]
 
 
-def test_random_segments_seeded_and_matched():
-    seg = np.repeat(np.arange(10), 3)
-    ig = np.random.default_rng(0).normal(size=30)
-    v = _view(ig, seg, 10, record_id="r1")
-    # default: the paper's ratio, round(0.33 * 10) = 3 segments, the two ends among them
-    a = run("random_segments", v, selection_seed=1)
-    assert a.segment_selected.sum() == 3 and a.segment_selected[0] and a.segment_selected[-1]
-    assert (a.segment_selected == run("random_segments", v, selection_seed=1).segment_selected).all()
-    n_paper = run("paper", v).segment_selected.sum()
-    assert run("random_segments", v, segment_ratio=None).segment_selected.sum() == n_paper
-    other = [run("random_segments", _view(ig, seg, 10, record_id=f"r{i}"), segment_ratio=0.5).segment_selected
-             for i in range(2, 8)]
-    assert all(o.sum() == 5 for o in other) and len({tuple(o) for o in other}) > 1
+def test_random_segments_draw_a_ratio_of_the_segments_besides_the_ends():
+    """App. C.4: the ends are kept in addition to the ~33% drawn from the other segments."""
+    ig = np.random.default_rng(0).normal(size=90)
+    # long trace, 30 segments: the 2 ends + round(0.33 * 28) = 9 drawn = 11 kept
+    long = _view(ig, np.repeat(np.arange(30), 3), 30, record_id="r1")
+    a = run("random_segments", long, selection_seed=1)
+    assert a.segment_selected.sum() == 11 and a.segment_selected[0] and a.segment_selected[-1]
+    assert (a.segment_selected == run("random_segments", long, selection_seed=1).segment_selected).all()
+    assert not (a.segment_selected == run("random_segments", long, selection_seed=2).segment_selected).all()
+    # short trace, 5 segments: 2 ends + round(0.33 * 3) = 1 drawn (the old rule, 33% of all 5, kept the ends alone)
+    short = _view(ig[:15], np.repeat(np.arange(5), 3), 5, record_id="r1")
+    picks = {int(np.flatnonzero(run("random_segments", _view(ig[:15], np.repeat(np.arange(5), 3), 5, record_id=f"r{i}"))
+                                .segment_selected[1:-1])[0]) for i in range(12)}
+    assert run("random_segments", short).segment_selected.sum() == 3 and picks == {0, 1, 2}
+    # 2 segments: both are ends, nothing to draw; ratio 1: every segment
+    assert run("random_segments", _view(ig[:6], np.repeat(np.arange(2), 3), 2)).segment_selected.all()
+    assert run("random_segments", long, segment_ratio=1.0).segment_selected.all()
+    # matched: as many in all as the paper's selector keeps on that trace
+    n_paper = run("paper", long).segment_selected.sum()
+    assert run("random_segments", long, segment_ratio=None).segment_selected.sum() == n_paper
+
+
+def test_oracle_masks_exactly_the_planted_segments():
+    seg = np.repeat(np.arange(5), 2)
+    v = TraceView(seg, 5, planted=np.array([False, True, False, True, False]), record_id="r")
+    assert run("oracle", v).segment_selected.tolist() == [True, False, True, False, True]
+    assert run("oracle", v).token_selected.tolist() == [True, True, False, False, True, True, False, False, True, True]
+    with pytest.raises(ValueError, match="'q'.*ground truth"):
+        run("oracle", TraceView(seg, 5, record_id="q"))
 
 
 def test_first_correct_solution():
