@@ -16,10 +16,14 @@ COMMANDS = ("ig", "labels", "report", "relabel", "analyze")
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return
     if not argv or argv[0] not in COMMANDS:
-        sys.exit(__doc__)
+        print(__doc__, file=sys.stderr)
+        sys.exit(2)
     command, rest = argv[0], argv[1:]
-    if command == "relabel":
+    if command == "relabel" and "-h" not in rest and "--help" not in rest:
         if "--from" not in rest:
             sys.exit("relabel needs --from LABELS_DIR (a labels folder made with another tokenizer)")
         at = rest.index("--from")
@@ -29,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     from common.recipe import parse_recipe
     from data.loaders import load_trace_records
 
-    r = parse_recipe(rest)
+    r = parse_recipe(rest)  # --help prints the recipe keys and exits here
     if command == "relabel":
         from common.modeling import load_tokenizer
 
@@ -56,9 +60,14 @@ def main(argv: list[str] | None = None) -> None:
         attributions = load_attributions(r.attribution.attribution_dir) if needed or ran else None
         write_labels(tok, records, attributions, r, load, " ".join(["python -m attribution", *argv]))
     elif command == "analyze":
+        from common.modeling import MissingModel
+
         from .analyze import analyze
 
-        analyze(r, records)
+        try:
+            analyze(r, records)
+        except MissingModel as e:
+            sys.exit(f"analyze: {e}")
         print(f"analysis: {r.analysis.analysis_dir}/report.md")
     else:
         from .report import write_report

@@ -310,11 +310,26 @@ def _position(run: _Run) -> tuple[dict, list[str]]:
     return {**result, "traces_stating_the_answer": stating}, report
 
 
+def _require_models(recipe: Recipe, steps: set[str], attribution_model_needed: bool, judge_needed: bool) -> None:
+    """Every model the asked steps load, found before the first step runs (common.modeling.require_model)."""
+    from common.modeling import require_model
+
+    others = ",".join(s for s in recipe.analysis.analysis_steps if s != "judge")
+    if judge_needed and "judge" in steps:
+        require_model(recipe.analysis.judge_model_name_or_path, "judge_model_name_or_path",
+                      f"drop the judge step (--analysis_steps {others})")
+    if attribution_model_needed and steps - {"position", "judge"}:
+        name = attribution_model(recipe.attribution, recipe.model).model_name_or_path
+        key = "attribution_model_name_or_path" if recipe.attribution.attribution_model_name_or_path else "model_name_or_path"
+        require_model(name, key)
+
+
 def analyze(recipe: Recipe, records: list[Record], model=None, tokenizer=None, judge=None) -> dict:
     """Run the recipe's analysis steps; returns the summary (also in ``analysis_dir/summary.json``).
     ``model``/``tokenizer`` (the attribution model) and ``judge`` ((model, tokenizer)) are loaded when not given."""
     run = _Run(recipe, records, model, tokenizer)
     steps = set(run.cfg.analysis_steps)
+    _require_models(recipe, steps, model is None, judge is None)
     gains = _gains(run) if steps & {"confidence", "search"} else {}
     summary = {"traces": len(run.traces), "steps": sorted(steps)}
     report = [f"# Why the selection: Sec. 3 on {len(run.traces)} traces", ""]

@@ -32,6 +32,29 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
+class MissingModel(RuntimeError):
+    """A model a command needs cannot be found; the message is one line naming the key to set."""
+
+
+def require_model(name: str, key: str, alternative: str = "") -> None:
+    """Fail in one line, before any work, when ``name`` (recipe key ``key``) is neither an offline name,
+    a local folder, in the hub cache, nor on a reachable hub; ``alternative`` says what else to do."""
+    if name in ("smollm2", "tiny-qwen2", "tiny-llama") or Path(name).is_dir():
+        return
+    from huggingface_hub import HfApi, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return
+    try:
+        if HfApi().file_exists(name, "config.json"):
+            return
+        why = "the hub has no such model"
+    except Exception as e:  # offline, DNS, proxy: one line, not a retry loop and a traceback
+        why = f"the hub is not reachable ({type(e).__name__})"
+    raise MissingModel(f"{key} {name!r}: not a local folder nor in the hub cache, and {why}; set --{key} to a "
+                       f"local model or an offline name (smollm2)" + (f", or {alternative}" if alternative else ""))
+
+
 THINK_TOKENS = ["<think>", "</think>"]
 
 

@@ -98,3 +98,21 @@ def test_analyze_command_on_the_tiny_model(tmp_path):
     main(["analyze", *args, "--analysis_steps", "confidence", "search"])  # resumes: every row is there already
     assert {f: (out / f).read_text() for f in stored} == stored
     assert json.loads((out / "summary.json").read_text())["steps"] == ["confidence", "search"]
+
+
+def test_analyze_fails_fast_in_one_line_on_a_missing_judge(tmp_path, capsys):
+    """A judge that is neither offline, local nor reachable stops the command before its first step, in
+    one line naming the key to set and the step to drop."""
+    from attribution.__main__ import main
+    from data import synthetic
+    from data.records import write_jsonl
+
+    path = write_jsonl(synthetic.generate(2, seed=3), tmp_path / "t.jsonl")
+    args = ["--config", "recipes/tiny/selective.yaml", "--traces", str(path), "--run_dir", str(tmp_path / "run"), "--ig_steps", "2"]
+    main(["ig", *args])
+    with pytest.raises(SystemExit) as stop:
+        main(["analyze", *args, "--judge_model_name_or_path", "no-such-org/no-such-judge"])
+    message = str(stop.value)
+    assert "\n" not in message and "--judge_model_name_or_path" in message and "--analysis_steps" in message
+    assert "judge" not in message.split("--analysis_steps", 1)[1]
+    assert not (tmp_path / "run" / "analysis" / "confidence.jsonl").exists()  # no step ran
