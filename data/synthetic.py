@@ -33,31 +33,31 @@ MARKERS = {"repeat": "let me redo that:", "verify": "let me double-check:", "aba
            "restatement": "in other words, the result is"}
 
 
+def _tens_and_ones(name: str, item: str, a: int, b: int, sign: int) -> dict:
+    """a + b (sign 1) or a - b (sign -1, no borrowing), computed tens first, then ones."""
+    (ta, oa), (tb, ob) = divmod(a, 10), divmod(b, 10)
+    op, inverse = ("+", "-") if sign > 0 else ("-", "+")
+    tens, ones, ans = 10 * (ta + sign * tb), oa + sign * ob, a + sign * b
+    question = (f"{name} has {a} {item} and gets {b} more. How many {item} does {name} have now?" if sign > 0 else
+                f"{name} has {a} {item} and gives away {b}. How many {item} does {name} have left?")
+    return dict(question=question, setup=f"I need {a} {op} {b}",
+                steps=[f"the tens: {10 * ta} {op} {10 * tb} = {tens}", f"the ones: {oa} {op} {ob} = {ones}",
+                       f"together: {tens} + {ones} = {ans}"],
+                check=f"{ans} {inverse} {b} = {a}",
+                abandoned=f"counting {'up' if sign > 0 else 'down'} from {a}: {a + sign}, {a + 2 * sign}, and then",
+                answer=ans)
+
+
 def _problem(rng: random.Random) -> dict:
     """One problem: its question, genuine steps (each a computation), a check, an abandoned approach."""
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
     family = rng.randrange(4)
     if family == 0:  # addition by tens and ones
-        a, b = rng.randint(11, 69), rng.randint(11, 29)
-        (ta, oa), (tb, ob) = divmod(a, 10), divmod(b, 10)
-        ans = a + b
-        return dict(question=f"{name} has {a} {item} and gets {b} more. How many {item} does {name} have now?",
-                    setup=f"I need {a} + {b}",
-                    steps=[f"the tens: {10 * ta} + {10 * tb} = {10 * (ta + tb)}", f"the ones: {oa} + {ob} = {oa + ob}",
-                           f"together: {10 * (ta + tb)} + {oa + ob} = {ans}"],
-                    check=f"{ans} - {b} = {a}", abandoned=f"counting up from {a}: {a + 1}, {a + 2}, and then",
-                    answer=ans)
+        return _tens_and_ones(name, item, rng.randint(11, 69), rng.randint(11, 29), +1)
     if family == 1:  # subtraction by tens and ones, no borrowing
         tb, ob = rng.randint(1, 4), rng.randint(0, 5)
         ta, oa = rng.randint(tb + 1, 9), rng.randint(ob, 9)
-        a, b = 10 * ta + oa, 10 * tb + ob
-        ans = a - b
-        return dict(question=f"{name} has {a} {item} and gives away {b}. How many {item} does {name} have left?",
-                    setup=f"I need {a} - {b}",
-                    steps=[f"the tens: {10 * ta} - {10 * tb} = {10 * (ta - tb)}", f"the ones: {oa} - {ob} = {oa - ob}",
-                           f"together: {10 * (ta - tb)} + {oa - ob} = {ans}"],
-                    check=f"{ans} + {b} = {a}", abandoned=f"counting down from {a}: {a - 1}, {a - 2}, and then",
-                    answer=ans)
+        return _tens_and_ones(name, item, 10 * ta + oa, 10 * tb + ob, -1)
     if family == 2:  # a times-table product
         a, b = rng.randint(2, 9), rng.randint(2, 9)
         ans = a * b
