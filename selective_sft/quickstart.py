@@ -245,8 +245,8 @@ def main(argv: list[str] | None = None) -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(DEFAULT_RECIPE))
     p.add_argument("--run-dir", help="default: the recipe's run_dir")
-    p.add_argument("--n-train", type=int, default=12, help="synthetic training traces (traces: synthetic)")
-    p.add_argument("--n-eval", type=int, default=20, help="held-out synthetic problems (traces: synthetic)")
+    p.add_argument("--n-train", type=int, default=8, help="synthetic training traces (traces: synthetic)")
+    p.add_argument("--n-eval", type=int, default=16, help="held-out synthetic problems (traces: synthetic)")
     a, overrides = p.parse_known_args(argv)
     from common.runtime import keep_freed_memory
 
