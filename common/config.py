@@ -289,11 +289,11 @@ class StudyArguments:
 
     RUN_ONLY: ClassVar[tuple[str, ...]] = ()
 
-    study_n_train: int = field(default=64, metadata={"help": "students' training traces (planted redundancy)"})
-    study_n_eval: int = field(default=100, metadata={"help": "held-out questions every model answers"})
-    study_n_attributor: int = field(default=96, metadata={
+    study_n_train: int = field(default=40, metadata={"help": "students' training traces (planted redundancy)"})
+    study_n_eval: int = field(default=80, metadata={"help": "held-out questions every model answers"})
+    study_n_attributor: int = field(default=64, metadata={
         "help": "clean traces (questions disjoint from the students') the attribution model is fine-tuned on"})
-    study_attributor_epochs: float = 2.0
+    study_attributor_epochs: float = 3.0
     study_max_planted: int = field(default=6, metadata={"help": "planted segments per trace are drawn from 0..this"})
     study_seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={
         "help": "training seeds of the main rows (full CoT, oracle, paper, random)"})

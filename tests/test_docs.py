@@ -18,7 +18,7 @@ def _commands() -> list[tuple[str, ...]]:
     found = set()
     for text in TEXT.values():
         for module, sub in re.findall(r"python -m ([A-Za-z_]\w*(?:\.\w+)*)(?:\s+([a-z][a-z_]*)\b(?![/.\w]))?", text):
-            found.add((module, sub) if sub else (module,))
+            found |= {(module,), (module, sub)} if sub else {(module,)}  # a command with subcommands answers too
     return sorted(found)
 
 
