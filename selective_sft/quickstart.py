@@ -135,31 +135,37 @@ def accuracy_table(greedy: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def _trained(trainer) -> dict:
+def trained(trainer) -> dict:
     """What a training stage reports: its last log entry, optimizer steps and the tokens it read (TRL's log)."""
     logged = [h["num_tokens"] for h in trainer.state.log_history if "num_tokens" in h]
     return {"loss": trainer.state.log_history[-1], "steps": trainer.state.global_step,
             "tokens": int(float(logged[-1])) if logged else None}
 
 
-def _work(attribution, dtype: str, attributions: dict, times: dict[str, float],
-          results: dict[str, dict]) -> dict[str, tuple[str, str]]:
-    """What each stage did and its cost per unit: IG per point (the IG itself, without loading; the
-    attribution section and the attribution model's ``dtype``), training per optimizer step,
-    generation per output token."""
-    ok = [r for r in attributions.values() if r["status"] == "ok"]
-    points, ig_seconds = len(ok) * attribution.ig_steps, sum(r["seconds"] for r in ok)
-    work = {"attribution": (f"{len(ok)} traces x {attribution.ig_steps} points, "
-                            f"{np.mean([len(r['input_ids']) for r in ok]):.0f} tokens each ({attribution.ig_rule}, {dtype})",
-                            f"{ig_seconds / max(points, 1):.2f} s per point")}
+def stage_work(times: dict[str, float], results: dict[str, dict]) -> dict[str, tuple[str, str]]:
+    """What each train_* and eval_* stage did and its cost per unit: training per optimizer step,
+    generation per output token (``results``: stage -> what trained() or evaluate() returned)."""
+    work = {}
     for name, result in results.items():
-        if name.startswith("train_"):
+        if name.startswith("train_") and result.get("steps"):
             work[name] = (f"{result['steps']} steps, {result['tokens']} tokens", f"{times[name] / result['steps']:.1f} s per step")
         elif name.startswith("eval_"):
             tokens = sum(s["greedy_tokens"] * s["questions"] for s in result.values())
             work[name] = (f"{tokens:.0f} tokens for {sum(s['questions'] for s in result.values())} questions",
-                          f"{1000 * times[name] / tokens:.0f} ms per token")
+                          f"{1000 * times[name] / max(tokens, 1):.0f} ms per token")
     return work
+
+
+def _work(attribution, dtype: str, attributions: dict, times: dict[str, float],
+          results: dict[str, dict]) -> dict[str, tuple[str, str]]:
+    """stage_work, and IG per point (the IG itself, without loading; the attribution section and the
+    attribution model's ``dtype``)."""
+    ok = [r for r in attributions.values() if r["status"] == "ok"]
+    points, ig_seconds = len(ok) * attribution.ig_steps, sum(r["seconds"] for r in ok)
+    return {"attribution": (f"{len(ok)} traces x {attribution.ig_steps} points, "
+                            f"{np.mean([len(r['input_ids']) for r in ok]):.0f} tokens each ({attribution.ig_rule}, {dtype})",
+                            f"{ig_seconds / max(points, 1):.2f} s per point"),
+            **stage_work(times, results)}
 
 
 def run(recipe_path: str, run_dir: str | None, overrides: list[str], n_train: int, n_eval: int) -> dict:
@@ -204,7 +210,7 @@ def run(recipe_path: str, run_dir: str | None, overrides: list[str], n_train: in
                        for name, r in runs.items()}
     results = {}
     for name, r in runs.items():  # both get the same schedule; a two-stage recipe trains full CoT first in both
-        results[f"train_{name}"] = stage(f"train_{name}", lambda r=r: _trained(train(r)))
+        results[f"train_{name}"] = stage(f"train_{name}", lambda r=r: trained(train(r)))
     for name, r in runs.items():
         results[f"eval_{name}"] = stage(f"eval_{name}", lambda r=r: evaluate(
             str(r.trained_model_dir), r.selection.labels_name, r.eval, r.traces.chat_template, r.training.think_prefix))

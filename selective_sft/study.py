@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .quickstart import Stages, profile_table
+from .quickstart import Stages, profile_table, stage_work, trained
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "study" / "smollm2.yaml"
 QUICK = ["--study_n_train", "8", "--study_n_eval", "6", "--study_n_attributor", "8", "--study_seeds", "0",
@@ -128,7 +128,7 @@ def pool(runs: list[dict[str, dict]]) -> dict[str, np.ndarray]:
 def compare(row: dict, base: dict, seed: int = 0) -> dict:
     """Row against the baseline on their shared questions: accuracy difference (points) with a bootstrap
     interval, the paired sign-flip p-value and the smallest difference detectable at this spread."""
-    from eval.metrics import bootstrap_ci, detectable_difference, sign_flip_p
+    from common.stats import bootstrap_ci, detectable_difference, sign_flip_p
 
     shared = np.intersect1d(row["ids"], base["ids"])
     d = 100 * (row["correct"][np.searchsorted(row["ids"], shared)] - base["correct"][np.searchsorted(base["ids"], shared)])
@@ -210,7 +210,7 @@ def run(argv: list[str]) -> dict:
                                      num_train_epochs=study.study_attributor_epochs))
     clean, clean_load = load_trace_records(attributor.traces)
     stage("labels_attributor", lambda: write_labels(tok, clean, None, attributor, clean_load, command).to_dict())
-    stage("train_attributor", lambda: _trained(train(attributor)))
+    stage("train_attributor", lambda: trained(train(attributor)))
     results = {"eval_attributor": stage("eval_attributor", lambda: evaluate(
         attributor.sft.output_dir, "attributor", recipe.eval, template, think))}
     ig = {which: _attributor_recipe(recipe, which) for which in ATTRIBUTORS}
@@ -225,7 +225,7 @@ def run(argv: list[str]) -> dict:
                                                                  load, command).to_dict())
     for row, seed in _students(task):
         r = _row_recipe(task, row, seed)
-        results[f"train_{row.name}-s{seed}"] = stage(f"train_{row.name}-s{seed}", lambda r=r: _trained(train(r)))
+        results[f"train_{row.name}-s{seed}"] = stage(f"train_{row.name}-s{seed}", lambda r=r: trained(train(r)))
         results[f"eval_{row.name}-s{seed}"] = stage(f"eval_{row.name}-s{seed}", lambda r=r, n=f"{row.name}-s{seed}": evaluate(
             r.sft.output_dir, n, recipe.eval, template, think))
     confidence = stage("confidence", lambda: {k: float(v) for k, v in analyze(ig["task"], records)["confidence"].items()
@@ -238,16 +238,10 @@ def run(argv: list[str]) -> dict:
     answers["attributor"] = answer_metrics(load_samples(recipe.eval.eval_dir, "attributor"), limit)
     quality = _quality(recipe, records, attributions)
     text = report(recipe, data_info, answers, quality, confidence, load_summary(ig["task"].attribution.attribution_dir),
-                  profile_table(stage.times, _work(stage.times, results, recipe)))
+                  profile_table(stage.times, stage_work(stage.times, results)))
     (run_dir / "report.md").write_text(text)
     print(text)
     return {"report": str(run_dir / "report.md"), "times": stage.times}
-
-
-def _trained(trainer) -> dict:
-    logged = [h["num_tokens"] for h in trainer.state.log_history if "num_tokens" in h]
-    return {"steps": trainer.state.global_step, "tokens": int(float(logged[-1])) if logged else None,
-            "loss": next((h["train_loss"] for h in reversed(trainer.state.log_history) if "train_loss" in h), None)}
 
 
 def _quality(recipe, records, attributions: dict) -> dict:
@@ -268,17 +262,6 @@ def _quality(recipe, records, attributions: dict) -> dict:
     return out
 
 
-def _work(times: dict, results: dict, recipe) -> dict[str, tuple[str, str]]:
-    work = {}
-    for name, res in results.items():
-        if name.startswith("train_") and res.get("steps"):
-            work[name] = (f"{res['steps']} steps, {res['tokens']} tokens", f"{times[name] / res['steps']:.1f} s per step")
-        elif name.startswith("eval_"):
-            tokens = sum(s["greedy_tokens"] * s["questions"] for s in res.values())
-            work[name] = (f"{tokens:.0f} tokens", f"{1000 * times[name] / max(tokens, 1):.0f} ms per token")
-    return work
-
-
 def _fmt_ci(lo: float, hi: float) -> str:
     return f"{lo:.1f} to {hi:.1f}"
 
@@ -286,10 +269,11 @@ def _fmt_ci(lo: float, hi: float) -> str:
 def report(recipe, data_info: dict, answers: dict[str, dict], quality: dict, confidence: dict, ig_summary: dict,
            profile: str) -> str:
     """The study's report.md."""
-    from eval.metrics import bootstrap_ci
+    from common.stats import bootstrap_ci
 
     study, students = recipe.study, _students(recipe)
     pooled = {row.name: pool([answers[f"{row.name}-s{s}"] for r, s in students if r is row]) for row in ROWS}
+    acc_ci = {name: [100 * x for x in bootstrap_ci(r["correct"])] for name, r in pooled.items()}
     seeds = {row.name: [s for r, s in students if r is row] for row in ROWS}
     base = pooled["full_cot"]
     share, limit = data_info["planted_share"], recipe.eval.eval_max_new_tokens
@@ -318,7 +302,6 @@ def report(recipe, data_info: dict, answers: dict[str, dict], quality: dict, con
     comparisons = {}
     for row in ROWS:
         r = pooled[row.name]
-        acc_ci = [100 * x for x in bootstrap_ci(r["correct"])]
         tokens_se = r["tokens"].std(ddof=1) / np.sqrt(len(r["tokens"])) if len(r["tokens"]) > 1 else 0.0
         if row.name == "full_cot":
             vs, p, rel = "-", "-", "-"
@@ -326,7 +309,7 @@ def report(recipe, data_info: dict, answers: dict[str, dict], quality: dict, con
             c = comparisons[row.name] = compare(r, base)
             vs, p = f"{c['diff']:+.1f} ({_fmt_ci(*c['ci'])})", f"{c['p']:.3f}"
             rel = f"{100 * (r['tokens'].mean() / base['tokens'].mean() - 1):+.1f}%"
-        lines.append(f"| {row.name} | {len(seeds[row.name])} | {100 * r['correct'].mean():.1f} ({_fmt_ci(*acc_ci)}) | {vs} | {p} "
+        lines.append(f"| {row.name} | {len(seeds[row.name])} | {100 * r['correct'].mean():.1f} ({_fmt_ci(*acc_ci[row.name])}) | {vs} | {p} "
                      f"| {r['tokens'].mean():.0f} ± {tokens_se:.0f} | {rel} | {100 * r['at_limit'].mean():.1f}% "
                      f"| {r['planted'].mean():.2f} |")
     mdd = {n: c["mdd"] for n, c in comparisons.items()}
@@ -351,23 +334,21 @@ def report(recipe, data_info: dict, answers: dict[str, dict], quality: dict, con
               f"Mean log-prob gain of the gold answer when a segment is appended (tau {recipe.analysis.analysis_tau}, "
               f"beta {recipe.analysis.analysis_beta}): important {confidence['important']:.3f}, unimportant "
               f"{confidence['unimportant']:.3f}, gap {confidence['important'] - confidence['unimportant']:+.3f}.", "",
-              "## Figure", "", f"![accuracy against output length]({_figure(recipe.paths.run_dir / 'study.png', pooled)})", "",
+              "## Figure", "", f"![accuracy against output length]({_figure(recipe.paths.run_dir / 'study.png', pooled, acc_ci)})", "",
               "## Profile", "", profile, ""]
     return "\n".join(lines)
 
 
-def _figure(path: Path, pooled: dict) -> str:
+def _figure(path: Path, pooled: dict, acc_ci: dict) -> str:
     """Accuracy against mean output length per row, with 95% intervals."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from eval.metrics import bootstrap_ci
-
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, r in pooled.items():
-        lo, hi = (100 * x for x in bootstrap_ci(r["correct"]))
+        lo, hi = acc_ci[name]
         acc, tokens = 100 * r["correct"].mean(), r["tokens"].mean()
         se = r["tokens"].std(ddof=1) / np.sqrt(len(r["tokens"])) if len(r["tokens"]) > 1 else 0.0
         ax.errorbar(tokens, acc, yerr=[[acc - lo], [hi - acc]], xerr=1.96 * se, fmt="o", capsize=3, label=name)

@@ -9,7 +9,7 @@ from attribution.labels import build_labels
 from attribution.selection import Selection, TraceView
 from common.config import SelectionArguments, TracesArguments
 from data import synthetic
-from eval.metrics import bootstrap_ci, detectable_difference, sign_flip_p
+from common.stats import bootstrap_ci, detectable_difference, sign_flip_p
 from selective_sft.study import compare, pool, selection_quality
 
 
