@@ -1,7 +1,7 @@
 """Integrated gradients on a CUDA GPU: this engine vs a paper-style loop, and the cost of LIMO-scale attribution.
 
-On random models of the R1-Distill-Qwen architectures (common.assets.random_checkpoint, bf16, nothing
-from the hub) and random token sequences of each length (IG's cost does not depend on the text):
+On random models of the R1-Distill-Qwen architectures (common.assets.random_model, bf16, built on the GPU,
+nothing from the hub) and random token sequences of each length (IG's cost does not depend on the text):
 
 1. ``ig``: seconds per IG point and peak GPU memory at each --lengths, for the engine at each internal
    batch with gradient checkpointing off and on, and for the paper-style loop (batch 1, full logits,
@@ -106,13 +106,12 @@ def main() -> None:
             print(f"would measure {c[0]} at {c[1]} tokens, internal batch {c[2]}, checkpointing {c[3]} ({why})")
         print(f"would estimate LIMO-scale H100-hours with r1-distill-qwen-7b at {a.limo_tokens} tokens ({why})")
         return
-    from common.assets import random_checkpoint
-    from common.modeling import inference_model
+    from common.assets import random_model
 
     lines = [f"## IG on {torch.cuda.get_device_name()}: {a.arch} (random bf16 weights), {a.points} points a case", "",
              "| engine | tokens | internal batch | checkpointing | s / point | peak GB above the model |",
              "|---|---|---|---|---|---|"]
-    model = inference_model(str(random_checkpoint(a.arch)), dtype="bfloat16")
+    model = random_model(a.arch, device="cuda").eval()
     for engine, length, batch, ckpt in cases(lengths, batches):
         r = measure(model, engine, length, batch, ckpt, a.points)
         cells = "out of memory | -" if r["seconds_per_point"] is None else f"{r['seconds_per_point']:.3f} | {r['peak_gb']:.1f}"
@@ -120,15 +119,15 @@ def main() -> None:
         print(lines[-1], flush=True)
     del model
     torch.cuda.empty_cache()
-    big = inference_model(str(random_checkpoint("r1-distill-qwen-7b")), dtype="bfloat16")
-    best = {length: min(s for s in (measure(big, "engine", length, b, True, a.points)["seconds_per_point"] for b in (1, 4))
+    big = random_model("r1-distill-qwen-7b", device="cuda").eval()
+    best = {length: min(s for s in (measure(big, "engine", length, b, True, a.points)["seconds_per_point"] for b in batches)
                         if s is not None) for length in lengths[:2]}
     hours = limo_hours(best, a.limo_tokens)
     bound = flop_bound_hours("r1-distill-qwen-7b", a.limo_tokens, a.peak_tflops)
     lines += ["", f"## LIMO-scale attribution with the 7B architecture ({LIMO_TRACES} traces, J = 50, "
               f"{a.limo_tokens} tokens each: an assumed mean)", "",
               "| | GPU-hours |", "|---|---|",
-              f"| this engine (best of internal batch 1/4, checkpointing on; s/point {best}) | {hours:.1f} |",
+              f"| this engine (best of internal batch {a.batches}, checkpointing on; s/point {best}) | {hours:.1f} |",
               f"| the paper (App. C.4) | ~{PAPER_GPU_HOURS:.0f} |",
               f"| FLOP bound at {a.peak_tflops:.0f} TFLOP/s (4 N L + 8 layers d L^2 per point) | {bound:.1f} |"]
     text = "\n".join(lines)

@@ -1,6 +1,6 @@
 """GPU checks (`pytest -m gpu`, run by scripts/gpu_check.sh): every CUDA path, on random models built
-from configs (nothing from the hub). Each skips with its reason on a machine without what it needs."""
-import importlib.util
+from configs (nothing from the hub, nothing from ../shared). Each test's first docstring line says what
+it proves; each skips naming what this machine lacks (`python -m scripts.gpu_kit plan` lists them)."""
 import json
 import os
 import subprocess
@@ -9,50 +9,69 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from tests.conftest import shared_path
+from scripts.gpu_kit import lacking
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
-                                                  reason="needs a CUDA GPU: scripts/gpu_check.sh runs these on a GPU box")]
-needs_unsloth = pytest.mark.skipif(importlib.util.find_spec("unsloth") is None,
-                                   reason="needs unsloth (carried by scripts/wheelhouse.sh)")
-needs_bnb = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes for QLoRA")
 
 
-def _train(out: Path, unsloth: str, normalization: str = "sequence", steps: int = 1, lr: float = 0.0, *extra) -> list:
-    cmd = [sys.executable, "-m", "tests.gpu_worker", str(out), "--unsloth", unsloth, "--normalization", normalization,
-           "--steps", str(steps), "--lr", str(lr), *extra]
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+def needs(*what: str):
+    reasons = lacking(*what)
+    return pytest.mark.skipif(bool(reasons), reason="; ".join(reasons))
+
+
+pytestmark = [pytest.mark.gpu, needs("cuda")]
+ONE_STEP = ["sequence:1:0", "token:1:0"]  # the first-step loss under each normalization (lr 0: same weights)
+TWENTY = "sequence:20:0.0003"
+
+
+def _train(out: Path, unsloth: str, runs: list[str], *extra: str) -> dict:
+    cmd = [sys.executable, "-m", "tests.gpu_worker", str(out), "--unsloth", unsloth, "--runs", *runs, *extra]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(ROOT)]))})
     assert res.returncode == 0, res.stderr[-3000:]
     return json.loads((out / "losses.json").read_text())
 
 
-@needs_unsloth
-@pytest.mark.parametrize("normalization", ["sequence", "token"])
-def test_unsloth_first_step_loss_equals_plain_trl(tmp_path, normalization):
-    """Same batch, same initial weights: Unsloth's full fine-tuning computes the loss the plain TRL path
-    does (whose masking and eq. 9 are checked by hand on CPU), so masked tokens count for nothing there too."""
-    plain = _train(tmp_path / "plain", "false", normalization)
-    fast = _train(tmp_path / "unsloth", "true", normalization)
-    assert fast[0] == pytest.approx(plain[0], rel=2e-2)  # bf16 kernels round differently
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    return _train(tmp_path_factory.mktemp("plain"), "false", ONE_STEP)
 
 
-@needs_unsloth
-def test_unsloth_twenty_steps_lower_the_loss(tmp_path):
-    losses = _train(tmp_path, "true", "sequence", 20, 3e-4)
+@pytest.fixture(scope="module")
+def fast(tmp_path_factory):
+    return _train(tmp_path_factory.mktemp("unsloth"), "true", ONE_STEP + [TWENTY])
+
+
+@needs("cuda", "unsloth")
+@pytest.mark.parametrize("run", ONE_STEP)
+def test_unsloth_first_step_loss_equals_plain_trl(plain, fast, run):
+    """Unsloth vs plain TRL: the same first-step loss (eq. 9, per sequence and per token) on the same batch and weights.
+
+    The plain path's masking and eq. 9 are checked by hand on CPU, so masked tokens count for nothing
+    under Unsloth either."""
+    assert fast[run][0] == pytest.approx(plain[run][0], rel=2e-2)  # bf16 kernels round differently
+
+
+@needs("cuda", "unsloth")
+def test_unsloth_twenty_steps_lower_the_loss(fast):
+    """Unsloth full fine-tuning learns: 20 steps lower the selective loss."""
+    losses = fast[TWENTY]
     assert len(losses) == 20 and np.mean(losses[-5:]) < np.mean(losses[:5])
 
 
-@needs_bnb
+@needs("cuda", "bitsandbytes")
 def test_qlora_quick_steps(tmp_path):
-    losses = _train(tmp_path, "false", "sequence", 3, 1e-4, "--qlora")
+    """QLoRA (4-bit base, LoRA r=8) trains 3 finite steps on the selective labels."""
+    losses = _train(tmp_path, "false", ["sequence:3:0.0001"], "--qlora")["sequence:3:0.0001"]
     assert len(losses) == 3 and all(np.isfinite(losses))
 
 
 def test_ig_bf16_on_cuda_agrees_with_fp32(tiny_tok, tiny_qwen2):
+    """IG on CUDA: bf16 vs fp32 token attributions correlate above 0.95."""
     import copy
+
+    import torch
 
     from attribution.integrated_gradients import integrated_gradients
     from tests.test_integrated_gradients import _example
@@ -66,7 +85,10 @@ def test_ig_bf16_on_cuda_agrees_with_fp32(tiny_tok, tiny_qwen2):
 
 
 def test_captum_parity_on_cuda(tiny_tok, tiny_qwen2):
+    """IG on CUDA: this engine equals Captum's IntegratedGradients (Gauss-Legendre, 12 points) to 1e-3."""
     import copy
+
+    import torch
 
     from attribution.integrated_gradients import integrated_gradients
     from tests.test_integrated_gradients import _captum, _example
@@ -80,17 +102,21 @@ def test_captum_parity_on_cuda(tiny_tok, tiny_qwen2):
 
 
 def test_hf_generation_on_cuda_resumes(tmp_path):
+    """Evaluation on CUDA (hf backend): samples on the GPU, and a run killed mid-way resumes without loss or duplicates."""
     from common.config import EvalArguments
     from common.modeling import inference_model
+    from data import synthetic
+    from data.records import write_jsonl
     from eval.run import evaluate
 
     assert inference_model("tiny-qwen2").device.type == "cuda"
-    cfg = EvalArguments(eval_benchmarks=["math500"], eval_data_dir=str(shared_path("benchmarks")), eval_samples=2,
+    write_jsonl(synthetic.generate(3, seed=0, split="eval"), tmp_path / "data" / "synthetic" / "test.jsonl")
+    cfg = EvalArguments(eval_benchmarks=["synthetic"], eval_data_dir=str(tmp_path / "data"), eval_samples=2,
                         eval_max_new_tokens=16, eval_backend="hf", eval_limit=3, eval_dir=str(tmp_path))
     first = evaluate("tiny-qwen2", "tiny", cfg)
     path = tmp_path / "tiny" / "samples.jsonl"
     lines = path.read_text().splitlines(keepends=True)
-    assert len(lines) == 3 * 3 and first["math500"]["questions"] == 3
+    assert len(lines) == 3 * 3 and first["synthetic"]["questions"] == 3
     path.write_text("".join(lines[:4]))  # killed after one question and a half
     again = evaluate("tiny-qwen2", "tiny", cfg)
     keys = [json.loads(x)["key"] for x in path.read_text().splitlines()]
