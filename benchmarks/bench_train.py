@@ -2,8 +2,9 @@
 
 CPU (plain transformers + TRL): the tiny random Qwen2 and SmolLM2-135M-Instruct. On a CUDA GPU,
 ``--model r1-distill-qwen-1.5b`` (the architecture with random weights, built offline by
-common.assets) and ``--unsloth false,true`` compare the paths. Each run is its own process, so peak
-memory is its own; gradient checkpointing is on for GPU runs.
+common.assets) and ``--unsloth false,true`` compare the paths. Each path (model, unsloth, precision,
+allocator) runs in its own process, its lengths one after another (GPU peak memory is reset for each;
+peak RSS is the process's so far); gradient checkpointing is on for GPU runs.
     python -m benchmarks.bench_train                       # tiny-qwen2 and smollm2 on CPU
     python -m benchmarks.bench_train --model r1-distill-qwen-1.5b --length 4096,16384 --batch 1 --unsloth false,true
     python -m benchmarks.bench_train --model tiny-qwen2 --steps 3 --length 300 --precision fp32,bf16   # CPU autocast
@@ -83,7 +84,10 @@ def main() -> None:
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.one:
-        print(json.dumps(one(a.model, a.steps, a.batch, int(a.length), a.unsloth, a.precision)))
+        if a.unsloth == "true":
+            import unsloth  # noqa: F401  (before trl, which one() imports, so Unsloth can patch it)
+        for length in a.length.split(","):
+            print("result:", json.dumps(one(a.model, a.steps, a.batch, int(length), a.unsloth, a.precision)), flush=True)
         return
     from itertools import product
 
@@ -91,18 +95,19 @@ def main() -> None:
 
     print("| model | length | unsloth | precision | allocator | tokens/step | tokens/s | peak RSS MB | peak GPU MB |\n"
           "|---|---|---|---|---|---|---|---|---|")
-    for model, length, unsloth, precision, allocator in product(*(getattr(a, k).split(",") for k in (
-            "model", "length", "unsloth", "precision", "allocator"))):
+    for model, unsloth, precision, allocator in product(*(getattr(a, k).split(",") for k in (
+            "model", "unsloth", "precision", "allocator"))):
         cmd = [sys.executable, "-m", "benchmarks.bench_train", "--one", "--model", model, "--steps", str(a.steps),
-               "--batch", str(a.batch), "--length", length, "--unsloth", unsloth, "--precision", precision]
+               "--batch", str(a.batch), "--length", a.length, "--unsloth", unsloth, "--precision", precision]
         env = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV} | (MALLOC_ENV if allocator == "keep" else {})
         out = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if out.returncode:
             sys.exit(out.stderr[-3000:])
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        gpu = f"{r['peak_gpu_mb']:.0f}" if r["peak_gpu_mb"] is not None else "-"
-        print(f"| {model} | {length} | {unsloth} | {r['precision']} | {allocator} | {r['tokens_per_step']:.0f} | "
-              f"{r['tokens_per_s']:.0f} | {r['peak_rss_mb']:.0f} | {gpu} |", flush=True)
+        for length, line in zip(a.length.split(","), [x for x in out.stdout.splitlines() if x.startswith("result: ")]):
+            r = json.loads(line.removeprefix("result: "))
+            gpu = f"{r['peak_gpu_mb']:.0f}" if r["peak_gpu_mb"] is not None else "-"
+            print(f"| {model} | {length} | {unsloth} | {r['precision']} | {allocator} | {r['tokens_per_step']:.0f} | "
+                  f"{r['tokens_per_s']:.0f} | {r['peak_rss_mb']:.0f} | {gpu} |", flush=True)
 
 
 if __name__ == "__main__":

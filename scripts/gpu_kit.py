@@ -281,7 +281,7 @@ class Part:
 
 
 PARTS = [
-    Part("install", 45, "the carried wheels install offline beside the box's packages, and every requirement of "
+    Part("install", 30, "the carried wheels install offline beside the box's packages, and every requirement of "
          "every installed package is met", (), ("-m", "scripts.gpu_kit", "install", "{wheels}")),
     Part("pytest", 180, "pytest -m gpu: each test below", ("cuda",),
          ("-m", "pytest", "-m", "gpu", "-v", "-rs", "tests/test_gpu.py")),
@@ -289,7 +289,7 @@ PARTS = [
          "(R1-Distill-Qwen-1.5B architecture, random weights, 3 timed steps)", ("cuda", "unsloth"),
          ("-m", "benchmarks.bench_train", "--model", "r1-distill-qwen-1.5b", "--length", "4096,16384", "--batch", "1",
           "--steps", "4", "--unsloth", "false,true")),
-    Part("ig", 90, "IG on CUDA: s/point and peak memory of this engine vs the paper-style loop at 4k and 16k "
+    Part("ig", 100, "IG on CUDA: s/point and peak memory of this engine vs the paper-style loop at 4k and 16k "
          "tokens, and LIMO-scale H100-hours with the 7B architecture", ("cuda",),
          ("-m", "benchmarks.bench_gpu", "--batches", "1,8", "--out", "{out}/ig.md")),
 ]
@@ -381,8 +381,10 @@ def module_sources(box: dict[str, str | None], locked: list[Wheel]) -> dict[str,
 
 def repo_bytes() -> int:
     """What travels of the repo: its tracked and untracked-but-not-ignored files."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
-                           capture_output=True, text=True).stdout.split("\0")
+    res = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True, text=True)
+    if res.returncode:
+        sys.exit(f"plan: {ROOT} is not a git checkout, so what travels cannot be sized; run it in a clone")
+    files = res.stdout.split("\0")
     return sum((ROOT / f).stat().st_size for f in files if f and (ROOT / f).is_file())
 
 
