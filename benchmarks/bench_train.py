@@ -95,10 +95,10 @@ def main() -> None:
 
     print("| model | length | unsloth | precision | allocator | tokens/step | tokens/s | peak RSS MB | peak GPU MB |\n"
           "|---|---|---|---|---|---|---|---|---|")
-    for model, unsloth, precision, allocator in product(*(getattr(a, k).split(",") for k in (
+    for model, use_unsloth, precision, allocator in product(*(getattr(a, k).split(",") for k in (
             "model", "unsloth", "precision", "allocator"))):
         cmd = [sys.executable, "-m", "benchmarks.bench_train", "--one", "--model", model, "--steps", str(a.steps),
-               "--batch", str(a.batch), "--length", a.length, "--unsloth", unsloth, "--precision", precision]
+               "--batch", str(a.batch), "--length", a.length, "--unsloth", use_unsloth, "--precision", precision]
         env = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV} | (MALLOC_ENV if allocator == "keep" else {})
         out = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if out.returncode:
@@ -106,7 +106,7 @@ def main() -> None:
         for length, line in zip(a.length.split(","), [x for x in out.stdout.splitlines() if x.startswith("result: ")]):
             r = json.loads(line.removeprefix("result: "))
             gpu = f"{r['peak_gpu_mb']:.0f}" if r["peak_gpu_mb"] is not None else "-"
-            print(f"| {model} | {length} | {unsloth} | {r['precision']} | {allocator} | {r['tokens_per_step']:.0f} | "
+            print(f"| {model} | {length} | {use_unsloth} | {r['precision']} | {allocator} | {r['tokens_per_step']:.0f} | "
                   f"{r['tokens_per_s']:.0f} | {r['peak_rss_mb']:.0f} | {gpu} |", flush=True)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scripts.gpu_kit import lacking
+from scripts.gpu_kit.checks import lacking
 
 ROOT = Path(__file__).resolve().parent.parent
 

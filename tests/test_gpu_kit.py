@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from scripts import gpu_kit as kit
+from scripts.gpu_kit import checks, plan, wheels
 
 from benchmarks.bench_gpu import LIMO_TRACES, cases, flop_bound_hours, limo_hours
 
@@ -49,42 +49,42 @@ def test_dry_run_prints_a_plan_that_fits_and_names_every_check():
     res = _kit("plan")
     assert res.returncode == 0, res.stdout + res.stderr
     out = res.stdout
-    assert out.count(" (fits); run <= ") == len({w.transfer for w in kit.read_lock()}) and "OVER THE LIMIT" not in out
+    assert out.count(" (fits); run <= ") == len({w.transfer for w in wheels.read_lock()}) and "OVER THE LIMIT" not in out
     assert "MISSING" not in out and "\nunsloth: lock" in out and "\ntorch: box" in out
-    for test, proves, _ in kit.gpu_tests():
+    for test, proves, _ in plan.gpu_tests():
         line = next(x for x in out.splitlines() if x.strip().startswith(f"{test}:"))
         assert proves and f"{test}: {proves} -- here: " in line
         if not torch.cuda.is_available():
             assert "no CUDA GPU here" in line
-    for p in kit.PARTS:
+    for p in checks.PARTS:
         assert f"{p.name} (<= {p.limit_s} s): {p.proves} -- here: " in out
-    assert sum(p.limit_s for p in kit.PARTS) <= 8 * 60  # the whole run inside the issue's 8 minutes
+    assert sum(p.limit_s for p in checks.PARTS) <= 8 * 60  # the whole run inside the issue's 8 minutes
 
 
 def test_transfers_add_the_repo_to_each_and_flag_the_one_over():
     mib = 2**20
-    locked = [kit.Wheel(1, "a", "1", 30 * mib, "0" * 64, "a.whl", "x"), kit.Wheel(1, "b", "1", 25 * mib, "0" * 64, "b.whl", "x"),
-              kit.Wheel(2, "c", "1", 10 * mib, "0" * 64, "c.whl", "x")]
-    got = kit.transfers(locked, 6 * mib)
+    locked = [wheels.Wheel(1, "a", "1", 30 * mib, "0" * 64, "a.whl", "x"), wheels.Wheel(1, "b", "1", 25 * mib, "0" * 64, "b.whl", "x"),
+              wheels.Wheel(2, "c", "1", 10 * mib, "0" * 64, "c.whl", "x")]
+    got = plan.transfers(locked, 6 * mib)
     assert [(t, len(ws), mib_, fits) for t, ws, mib_, fits in got] == [(1, 2, 61.0, False), (2, 1, 16.0, True)]
 
 
 def test_lock_agrees_with_the_pins_and_the_box():
     """Every locked wheel is this repo's pin where there is one; nothing the box has at a known version
     travels; a box package of unread version travels only with the carried package that bounds it."""
-    box, _ = kit.box_packages()
-    pins = kit._pins()
-    locked = kit.read_lock()
-    names = {kit.norm(w.name) for w in locked}
+    box, _ = wheels.box_packages()
+    pins = wheels._pins()
+    locked = wheels.read_lock()
+    names = {wheels.norm(w.name) for w in locked}
     assert {"trl", "datasets", "unsloth", "unsloth-zoo", "bitsandbytes", "math-verify"} <= names
     for w in locked:
-        n = kit.norm(w.name)
+        n = wheels.norm(w.name)
         assert re.fullmatch(r"[0-9a-f]{64}", w.sha256) and w.size > 0 and w.file.lower().startswith(n.replace("-", "_"))
         assert f"-{w.version}-" in w.file and pins.get(n, w.version) == w.version
-        assert (w.transfer == 2) == (n in kit.SECOND)
+        assert (w.transfer == 2) == (n in wheels.SECOND)
         if n in box:
             assert box[n] is None and w.why.startswith("the box's version is unread and ")
-            assert kit.norm(w.why.split(" needs ")[0].rsplit(" ", 1)[1]) in names
+            assert wheels.norm(w.why.split(" needs ")[0].rsplit(" ", 1)[1]) in names
 
 
 def test_imported_modules_follow_the_repo_imports(tmp_path, monkeypatch):
@@ -95,20 +95,20 @@ def test_imported_modules_follow_the_repo_imports(tmp_path, monkeypatch):
     (tmp_path / "pkgx" / "c.py").write_text("import os, yaml.constructor\n_package_dir('datapkg', 'pip install datapkg')\n")
     (tmp_path / "entry.py").write_text("from pkgx.a import thing\nimport json\n")
     (tmp_path / "unused.py").write_text("import pandas\n")
-    monkeypatch.setattr(kit, "ROOT", tmp_path)
-    monkeypatch.setattr(kit, "REPO_PACKAGES", {"pkgx"})
-    assert kit.imported_modules(["entry.py"]) == {"numpy": {"pkgx/a.py"}, "requests": {"pkgx/b.py"}, "yaml": {"pkgx/c.py"},
+    monkeypatch.setattr(plan, "ROOT", tmp_path)
+    monkeypatch.setattr(plan, "REPO_PACKAGES", {"pkgx"})
+    assert plan.imported_modules(["entry.py"]) == {"numpy": {"pkgx/a.py"}, "requests": {"pkgx/b.py"}, "yaml": {"pkgx/c.py"},
                                                      "datapkg": {"pkgx/c.py"}}
 
 
 def test_install_checks_every_requirement_of_what_it_installed(tmp_path):
     """Wheels with a requirement the environment breaks, one it lacks and one another wheel meets:
     the two problems are named, each with what to do, and the install itself went through."""
-    wheels = tmp_path / "wheels"
-    wheels.mkdir()
-    kit.metadata_wheel(wheels, "kitprobe-one", "1.0", ("numpy<1", "kitprobe-absent", "kitprobe-two>=1.5"))
-    kit.metadata_wheel(wheels, "kitprobe-two", "1.5")
-    res = _kit("install", str(wheels), "--target", str(tmp_path / "site"))
+    folder = tmp_path / "wheels"
+    folder.mkdir()
+    wheels.metadata_wheel(folder, "kitprobe-one", "1.0", ("numpy<1", "kitprobe-absent", "kitprobe-two>=1.5"))
+    wheels.metadata_wheel(folder, "kitprobe-two", "1.5")
+    res = _kit("install", str(folder), "--target", str(tmp_path / "site"))
     problems = [x for x in res.stdout.splitlines() if x.startswith("problem: ")]
     assert res.returncode == 1 and len(problems) == 2, res.stdout + res.stderr
     assert f"kitprobe-one needs numpy<1, {np.__version__} is installed: add --carry numpy" in problems[0] + problems[1]
@@ -121,9 +121,9 @@ def test_run_stops_a_hung_part_with_its_children_and_reports_every_part(tmp_path
     pid_file = tmp_path / "child.pid"
     hang = ("-c", f"import subprocess, time; c = subprocess.Popen(['sleep', '60']); "
                   f"open({str(pid_file)!r}, 'w').write(str(c.pid)); time.sleep(60)")
-    parts = [kit.Part("hang", 2, "hangs", (), hang),
-             kit.Part("figures", 30, "prints a table", (), ("-c", "print('| figure | 1 |')"))]
-    assert kit.run([], tmp_path / "out", parts) is False
+    parts = [checks.Part("hang", 2, "hangs", (), hang),
+             checks.Part("figures", 30, "prints a table", (), ("-c", "print('| figure | 1 |')"))]
+    assert checks.run([], tmp_path / "out", parts) is False
     report = (tmp_path / "out" / "gpu_check.md").read_text()
     assert "| hang | hangs | 2 |" in report and "STOPPED at its 2 s limit" in report
     assert "| figures | prints a table | 30 |" in report and "| passed |" in report and "\n| figure | 1 |" in report
@@ -138,27 +138,27 @@ def test_a_box_version_nobody_read_is_trusted_only_for_old_floors(monkeypatch):
     files = [{"filename": "pkg-1.0-py3-none-any.whl", "upload-time": "2025-11-16T10:00:00Z"},
              {"filename": "pkg-2.0-py3-none-any.whl", "upload-time": "2025-11-17T10:00:00Z"},
              {"filename": "pkg-2.0.tar.gz", "upload-time": "2020-01-01T00:00:00Z"}]
-    monkeypatch.setattr(kit, "_index_files", lambda name: files)
+    monkeypatch.setattr(wheels, "_index_files", lambda name: files)
     read = "2026-11-17"
-    assert kit._risky(Requirement("pkg<3"), read) == "needs pkg<3"  # a newer box version may break it
-    assert kit._risky(Requirement("pkg"), read) is None
-    assert kit._risky(Requirement("pkg>=1.0"), read) is None  # released a year and a day before the list
-    assert kit._risky(Requirement("pkg>=2.0,!=2.1"), read) == "needs pkg!=2.1,>=2.0 (released 2025-11-17)"
-    assert "taken as recent" in kit._risky(Requirement("pkg>=3.0"), read)
+    assert wheels._risky(Requirement("pkg<3"), read) == "needs pkg<3"  # a newer box version may break it
+    assert wheels._risky(Requirement("pkg"), read) is None
+    assert wheels._risky(Requirement("pkg>=1.0"), read) is None  # released a year and a day before the list
+    assert wheels._risky(Requirement("pkg>=2.0,!=2.1"), read) == "needs pkg!=2.1,>=2.0 (released 2025-11-17)"
+    assert "taken as recent" in wheels._risky(Requirement("pkg>=3.0"), read)
 
 
 def test_a_part_needing_what_an_earlier_part_installed_runs(tmp_path, monkeypatch):
     """The run reads each part's needs after the parts before it: a package the install part put into
     the private target counts; a need nothing meets skips that part, naming it."""
     target = tmp_path / "site"
-    monkeypatch.setattr(kit, "TARGET", str(target))
+    monkeypatch.setattr(checks, "TARGET", str(target))
     fake = target / "unsloth" / "__init__.py"
-    parts = [kit.Part("bnb", 30, "needs bitsandbytes", ("bitsandbytes",), ("-c", "pass")),
-             kit.Part("put", 30, "installs", (), ("-c", f"import pathlib; p = pathlib.Path({str(fake)!r}); "
+    parts = [checks.Part("bnb", 30, "needs bitsandbytes", ("bitsandbytes",), ("-c", "pass")),
+             checks.Part("put", 30, "installs", (), ("-c", f"import pathlib; p = pathlib.Path({str(fake)!r}); "
                                                        "p.parent.mkdir(parents=True); p.write_text('')")),
-             kit.Part("fast", 30, "needs unsloth", ("unsloth",), ("-c", "import unsloth"))]
+             checks.Part("fast", 30, "needs unsloth", ("unsloth",), ("-c", "import unsloth"))]
     try:
-        kit.run([], tmp_path / "out", parts)
+        checks.run([], tmp_path / "out", parts)
     finally:
         import shutil
         shutil.rmtree(target, ignore_errors=True)
