@@ -86,8 +86,8 @@ def install(wheels: list[str], target: str = TARGET) -> list[str]:
             try:
                 have = version(req.name)
             except PackageNotFoundError:
-                problems.append(f"{dist.name} needs {req}, which neither the box nor the wheels have: add "
-                                f"--carry {req.name} to scripts/wheelhouse.sh --lock")
+                problems.append(f"{dist.name} needs {req}, which neither the box nor the wheels have: the lock "
+                                "misses it; add it to WANT in scripts/gpu_kit/wheels.py and rerun --lock")
                 continue
             if req.specifier and not req.specifier.contains(have, prereleases=True):
                 problems.append(f"{dist.name} needs {req}, {have} is installed: add --carry {req.name} to "

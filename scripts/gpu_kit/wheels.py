@@ -138,8 +138,8 @@ def _risky(req, read: str) -> str | None:
 
 def lock(carry: set[str], out: Path = LOCK) -> list[Wheel]:
     """Resolve WANT at this repo's pins for the box, with its known versions standing in as stubs; keep
-    what the box lacks, plus what --carry names, plus any box package of unread version that a carried
-    package bounds from above (its version there may not fit); write name, version, size and sha256."""
+    what the box lacks, what --carry names, and each box package of unread version that a carried
+    package asks for riskily (:func:`_risky`); write name, version, size, sha256 and why it travels."""
     box, read = box_packages()
     pins = _pins()
     with tempfile.TemporaryDirectory() as tmp:
@@ -194,8 +194,14 @@ def lock(carry: set[str], out: Path = LOCK) -> list[Wheel]:
 
 def fetch(folder: Path) -> None:
     """Download the locked wheels into folder/<transfer>/, each checked against its size and sha256;
-    a wheel already there and intact is kept, so a broken download resumes."""
-    for w in read_lock():
+    a wheel already there and intact is kept, so a broken download resumes; one the lock no longer
+    names is removed, so a transfer carries the lock and nothing else."""
+    locked = read_lock()
+    for stale in {f for t in {w.transfer for w in locked} for f in (folder / str(t)).glob("*.whl")} - {
+            folder / str(w.transfer) / w.file for w in locked}:
+        print(f"not in the lock, removed: {stale}")
+        stale.unlink()
+    for w in locked:
         dest = folder / str(w.transfer) / w.file
         if dest.exists() and hashlib.sha256(dest.read_bytes()).hexdigest() == w.sha256:
             continue
@@ -212,6 +218,6 @@ def fetch(folder: Path) -> None:
                 sys.exit(f"fetch: {w.file} differs from the lock (size or sha256): the index changed it; "
                          "rerun `python -m scripts.gpu_kit lock` and review the diff")
             shutil.move(got, dest)
-    for t in sorted({w.transfer for w in read_lock()}):
+    for t in sorted({w.transfer for w in locked}):
         files = list((folder / str(t)).glob("*.whl"))
         print(f"{folder / str(t)}: {len(files)} wheels, {sum(f.stat().st_size for f in files) / 2**20:.1f} MiB")
