@@ -7,7 +7,8 @@
 #                                             (scripts/gpu_box_packages.txt) and rewrite the lock; --carry carries
 #                                             box packages anyway, when the box's version breaks a check
 #
-# Then on the box: scripts/gpu_check.sh --wheels DIR/1 (see docs/recipes.md, "the air-gapped GPU check").
+# Optionally, here: python -m scripts.gpu_kit rehearse DIR (the install part against a box-like CPython 3.12).
+# Then on the box: scripts/gpu_check.sh --wheels DIR/1 (docs/recipes.md, "Proving the GPU half").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

@@ -102,11 +102,13 @@ def test_imported_modules_follow_the_repo_imports(tmp_path, monkeypatch):
 
 
 def test_install_checks_every_requirement_of_what_it_installed(tmp_path):
-    """Wheels with a requirement the environment breaks, one it lacks and one another wheel meets:
-    the two problems are named, each with what to do, and the install itself went through."""
+    """Wheels with a requirement the environment breaks, one nobody has, one another wheel meets and one
+    transfer 2 meets: the two problems are named with what to do, the later one is noted, and the
+    install itself went through."""
     folder = tmp_path / "wheels"
     folder.mkdir()
-    wheels.metadata_wheel(folder, "kitprobe-one", "1.0", ("numpy<1", "kitprobe-absent", "kitprobe-two>=1.5"))
+    wheels.metadata_wheel(folder, "kitprobe-one", "1.0", ("numpy<1", "kitprobe-absent", "kitprobe-two>=1.5",
+                                                          "bitsandbytes>=0.45"))
     wheels.metadata_wheel(folder, "kitprobe-two", "1.5")
     res = _kit("install", str(folder), "--target", str(tmp_path / "site"))
     problems = [x for x in res.stdout.splitlines() if x.startswith("problem: ")]
@@ -114,6 +116,8 @@ def test_install_checks_every_requirement_of_what_it_installed(tmp_path):
     assert f"kitprobe-one needs numpy<1, {np.__version__} is installed: add --carry numpy" in problems[0] + problems[1]
     assert any("kitprobe-one needs kitprobe-absent, which neither the box nor the wheels have: the lock misses it"
                in x for x in problems)
+    if importlib.util.find_spec("bitsandbytes") is None:
+        assert "later: kitprobe-one needs bitsandbytes>=0.45: transfer 2 carries it" in res.stdout
     assert sorted(p.name for p in (tmp_path / "site").glob("*.dist-info")) == ["kitprobe_one-1.0.dist-info",
                                                                                 "kitprobe_two-1.5.dist-info"]
 

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .wheels import ROOT, SECOND
+from .wheels import ROOT, SECOND, norm
 
 TARGET = "/tmp/segsft-site"  # private install target on the box: its own packages stay untouched
 # the box reaches nothing: libraries that would try the hub (Unsloth's usage statistics too) are told so
@@ -64,11 +64,12 @@ PARTS = [
 ]
 
 
-def install(wheels: list[str], target: str = TARGET) -> list[str]:
+def install(wheels: list[str], target: str = TARGET) -> tuple[list[str], list[str]]:
     """Install the wheels into the private target (no index, no dependency resolution), then check every
-    requirement of every package installed there against the target and the box; the problems, each
-    with what to do."""
-    from importlib.metadata import distributions, version, PackageNotFoundError
+    requirement of every package installed there against the target and the box. Returns the problems,
+    each with what to do, and the needs a later transfer meets (bitsandbytes: Unsloth lists it, and
+    only QLoRA uses it)."""
+    from importlib.metadata import PackageNotFoundError, distributions, version
 
     from packaging.requirements import Requirement
 
@@ -77,7 +78,7 @@ def install(wheels: list[str], target: str = TARGET) -> list[str]:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
                         "--no-cache-dir", "--upgrade", "--target", target, *files], check=True)
     sys.path.insert(0, target)
-    problems = []
+    problems, later = [], []
     for dist in distributions(path=[target]):
         for text in dist.requires or []:
             req = Requirement(text)
@@ -86,13 +87,16 @@ def install(wheels: list[str], target: str = TARGET) -> list[str]:
             try:
                 have = version(req.name)
             except PackageNotFoundError:
-                problems.append(f"{dist.name} needs {req}, which neither the box nor the wheels have: the lock "
-                                "misses it; add it to WANT in scripts/gpu_kit/wheels.py and rerun --lock")
+                if norm(req.name) in SECOND:
+                    later.append(f"{dist.name} needs {req}: transfer 2 carries it ({SECOND[norm(req.name)]})")
+                else:
+                    problems.append(f"{dist.name} needs {req}, which neither the box nor the wheels have: the lock "
+                                    "misses it; add it to WANT in scripts/gpu_kit/wheels.py and rerun --lock")
                 continue
             if req.specifier and not req.specifier.contains(have, prereleases=True):
                 problems.append(f"{dist.name} needs {req}, {have} is installed: add --carry {req.name} to "
                                 "scripts/wheelhouse.sh --lock")
-    return problems
+    return problems, later
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -150,7 +154,7 @@ def _report(out: Path, rows: list) -> None:
     lines += [f"| {p.name} | {p.proves} | {p.limit_s} | {took:.0f} | {status} |" for p, status, took in rows]
     for p, _, _ in rows:
         log = (out / f"{p.name}.log").read_text(errors="replace").splitlines()
-        keep = [x for x in log if x.startswith(("|", "tests/", "SKIPPED", "FAILED", "PASSED", "ERROR", "problem:"))
+        keep = [x for x in log if x.startswith(("|", "tests/", "SKIPPED", "FAILED", "PASSED", "ERROR", "problem:", "later:"))
                 or re.search(r"\d+ (passed|failed|skipped)", x)]
         lines += ["", f"## {p.name}", "", *(keep or log[-20:])]
     if (out / "ig.md").exists():

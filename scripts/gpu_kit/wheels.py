@@ -136,11 +136,10 @@ def _risky(req, read: str) -> str | None:
     return f"needs {req.name}{req.specifier} ({when})" if released >= cutoff else None
 
 
-def lock(carry: set[str], out: Path = LOCK) -> list[Wheel]:
-    """Resolve WANT at this repo's pins for the box, with its known versions standing in as stubs; keep
-    what the box lacks, what --carry names, and each box package of unread version that a carried
-    package asks for riskily (:func:`_risky`); write name, version, size, sha256 and why it travels."""
-    box, read = box_packages()
+def resolve(carry: set[str] = frozenset()) -> list[dict]:
+    """pip's report of WANT resolved for the box at this repo's pins, the box's known versions standing
+    in as metadata-only wheels (version ``X+box``), except the packages ``carry`` names."""
+    box, _ = box_packages()
     pins = _pins()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -156,7 +155,15 @@ def lock(carry: set[str], out: Path = LOCK) -> list[Wheel]:
                         "--report", str(work / "report.json"), *PLATFORM, "--only-binary=:all:", "--find-links",
                         str(work / "stubs"), "--target", str(work / "target"), "-r", str(work / "want.txt"),
                         "-c", str(work / "pins.txt")], check=True)
-        items = json.loads((work / "report.json").read_text())["install"]
+        return json.loads((work / "report.json").read_text())["install"]
+
+
+def lock(carry: set[str], out: Path = LOCK) -> list[Wheel]:
+    """Resolve (:func:`resolve`); keep what the box lacks, what --carry names, and each box package of
+    unread version that a carried package asks for riskily (:func:`_risky`); write name, version, size,
+    sha256 and why it travels."""
+    box, read = box_packages()
+    items = resolve(carry)
     items = [i for i in items if not i["metadata"]["version"].endswith("+box")]
     reqs = {norm(i["metadata"]["name"]): _requirements(i) for i in items}
     why = {n: "missing on the box" for n in reqs if n not in box}
