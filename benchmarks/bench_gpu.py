@@ -127,7 +127,8 @@ def main() -> None:
     lines += ["", f"## LIMO-scale attribution with the 7B architecture ({LIMO_TRACES} traces, J = 50, "
               f"{a.limo_tokens} tokens each: an assumed mean)", "",
               "| | GPU-hours |", "|---|---|",
-              f"| this engine (best of internal batch {a.batches}, checkpointing on; s/point {best}) | {hours:.1f} |",
+              f"| this engine (best of internal batch {a.batches}, checkpointing on; s/point: "
+              f"{', '.join(f'{v:.3f} at {k}' for k, v in best.items())}) | {hours:.1f} |",
               f"| the paper (App. C.4) | ~{PAPER_GPU_HOURS:.0f} |",
               f"| FLOP bound at {a.peak_tflops:.0f} TFLOP/s (4 N L + 8 layers d L^2 per point) | {bound:.1f} |"]
     text = "\n".join(lines)
