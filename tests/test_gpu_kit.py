@@ -172,3 +172,11 @@ def test_a_part_needing_what_an_earlier_part_installed_runs(tmp_path, monkeypatc
     assert have_bnb or "| bnb | needs bitsandbytes | 30 | 0 | SKIPPED: bitsandbytes is not installed here" in report
     assert "| put | installs | 30 |" in report and "| fast | needs unsloth | 30 |" in report
     assert report.count("| passed |") == 2 + have_bnb and str(target) not in sys.path
+
+
+def test_a_module_from_nowhere_is_flagged_with_what_to_do(monkeypatch):
+    monkeypatch.setattr(plan, "imported_modules", lambda: {m: {"x.py"} for m in ("torch", "trl", "vllm", "kitprobe_nowhere")})
+    box, _ = wheels.box_packages()
+    got = plan.module_sources(box, wheels.read_lock())
+    assert got["torch"] == "box" and got["trl"] == "lock" and got["vllm"].startswith("not needed: ")
+    assert got["kitprobe_nowhere"].startswith("MISSING: neither on the box nor in the lock; add its package to WANT")

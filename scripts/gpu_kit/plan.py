@@ -29,7 +29,8 @@ def gpu_tests() -> list[tuple[str, str, list[str]]]:
     import pytest
 
     class Collect:
-        items: list = []
+        def __init__(self):
+            self.items = []
 
         def pytest_collection_finish(self, session):
             self.items = list(session.items)
@@ -104,7 +105,9 @@ def module_sources(box: dict[str, str | None], locked: list[Wheel]) -> dict[str,
     for module in sorted(imported_modules()):
         names = [norm(d) for d in dists.get(module, [module])]
         out[module] = ("box" if any(n in box for n in names) else "lock" if any(n in have for n in names)
-                       else f"not needed: {NOT_ON_THE_BOX[module]}" if module in NOT_ON_THE_BOX else "MISSING")
+                       else f"not needed: {NOT_ON_THE_BOX[module]}" if module in NOT_ON_THE_BOX else
+                       "MISSING: neither on the box nor in the lock; add its package to WANT (wheels.py) and re-lock, "
+                       "or to NOT_ON_THE_BOX (plan.py) with why no check needs it")
     return out
 
 
@@ -146,7 +149,7 @@ def plan() -> bool:
               f"run <= {minutes:.1f} min ({what})")
     print("== what the GPU checks import, and where it comes from on the box")
     for module, source in module_sources(box, locked).items():
-        ok &= source != "MISSING"
+        ok &= not source.startswith("MISSING")
         print(f"{module}: {source}")
     print("== the run's parts in order, each under its own limit, what each proves, and why it would skip here")
     tests = gpu_tests()
