@@ -127,11 +127,13 @@ def test_run_stops_a_hung_part_with_its_children_and_reports_every_part(tmp_path
     hang = ("-c", f"import subprocess, time; c = subprocess.Popen(['sleep', '60']); "
                   f"open({str(pid_file)!r}, 'w').write(str(c.pid)); time.sleep(60)")
     parts = [checks.Part("hang", 2, "hangs", (), hang),
-             checks.Part("figures", 30, "prints a table", (), ("-c", "print('| figure | 1 |')"))]
+             checks.Part("figures", 30, "prints a table", (), ("-c", "print('| figure | 1 |')")),
+             checks.Part("broken", 30, "fails", (), ("-c", "print('the reason it broke'); raise SystemExit(3)"))]
     assert checks.run([], tmp_path / "out", parts) is False
     report = (tmp_path / "out" / "gpu_check.md").read_text()
     assert "| hang | hangs | 2 |" in report and "STOPPED at its 2 s limit" in report
     assert "| figures | prints a table | 30 |" in report and "| passed |" in report and "\n| figure | 1 |" in report
+    assert "| broken | fails | 30 |" in report and "FAILED (exit 3)" in report and "\nthe reason it broke\n" in report
     status = Path(f"/proc/{pid_file.read_text()}/status")
     assert not status.exists() or "\tZ" in status.read_text().split("State:")[1].split("\n")[0]  # gone, or a zombie
     assert (tmp_path / "out" / "box_packages.txt").read_text().count("==") > 10

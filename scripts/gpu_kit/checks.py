@@ -108,7 +108,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 def run(wheels: list[str], out: Path, parts: list[Part]) -> bool:
     """Each part in order under its own limit (a hang stops that part alone, with its subprocesses);
-    OUT gets one log a part, ig.md, box_packages.txt and the summary gpu_check.md."""
+    OUT gets one log a part, ig.md (written by the ig part), box_packages.txt and the summary gpu_check.md."""
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **OFFLINE_ENV, "PYTHONPATH": os.pathsep.join([TARGET, str(ROOT)]), "PYTHONUNBUFFERED": "1"}
     box_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -152,12 +152,11 @@ def _report(out: Path, rows: list) -> None:
     lines = [f"# GPU check: {gpu}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "",
              "| part | proves | limit s | took s | status |", "|---|---|---|---|---|"]
     lines += [f"| {p.name} | {p.proves} | {p.limit_s} | {took:.0f} | {status} |" for p, status, took in rows]
-    for p, _, _ in rows:
+    for p, status, _ in rows:  # each part's figures and verdicts; the log's end too where it did not pass
         log = (out / f"{p.name}.log").read_text(errors="replace").splitlines()
         keep = [x for x in log if x.startswith(("|", "tests/", "SKIPPED", "FAILED", "PASSED", "ERROR", "problem:", "later:"))
                 or re.search(r"\d+ (passed|failed|skipped)", x)]
-        lines += ["", f"## {p.name}", "", *(keep or log[-20:])]
-    if (out / "ig.md").exists():
-        lines += ["", (out / "ig.md").read_text()]
+        tail = log[-20:] if status != "passed" or not keep else []
+        lines += ["", f"## {p.name}", "", *keep, *(["", "```", *tail, "```"] if tail else [])]
     (out / "gpu_check.md").write_text("\n".join(lines) + "\n")
     print(f"written: {out / 'gpu_check.md'}")
