@@ -11,10 +11,10 @@ test: setup
 	$(PY) -m pytest -q tests
 
 quickstart: setup
-	$(PY) -m selective_sft.quickstart $(ARGS)
+	$(PY) -m pipelines.quickstart $(ARGS)
 
 study: setup
-	$(PY) -m selective_sft.study --config recipes/study/smollm2.yaml $(ARGS)
+	$(PY) -m pipelines.study --config recipes/study/smollm2.yaml $(ARGS)
 
 bench: setup
 	$(PY) -m benchmarks.bench_attribution $(ARGS)

@@ -284,7 +284,7 @@ class AnalysisArguments:
 
 @dataclass
 class StudyArguments:
-    """The controlled study on synthetic traces (``python -m selective_sft.study``): its sizes and seeds.
+    """The controlled study on synthetic traces (``python -m pipelines.study``): its sizes and seeds.
     The recipe says why each value was chosen; ``--quick`` runs the same design at tiny sizes."""
 
     RUN_ONLY: ClassVar[tuple[str, ...]] = ()

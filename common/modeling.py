@@ -20,6 +20,9 @@ def wants_unsloth(setting: str) -> bool:
     return setting == "true" or (setting == "auto" and available)
 
 
+OFFLINE_NAMES = ("smollm2", "tiny-qwen2", "tiny-llama")  # built by common.assets, never fetched
+
+
 def resolve_model_path(name: str) -> str:
     """Offline names: ``smollm2`` (packaged SmolLM2-135M-Instruct, converted once), ``tiny-qwen2`` and
     ``tiny-llama`` (random test models); anything else (a hub name or a path) passes through."""
@@ -39,7 +42,7 @@ class MissingModel(RuntimeError):
 def require_model(name: str, key: str, alternative: str = "") -> None:
     """Fail in one line, before any work, when ``name`` (recipe key ``key``) is neither an offline name,
     a local folder, in the hub cache, nor on a reachable hub; ``alternative`` says what else to do."""
-    if name in ("smollm2", "tiny-qwen2", "tiny-llama") or Path(name).is_dir():
+    if name in OFFLINE_NAMES or Path(name).is_dir():
         return
     from huggingface_hub import HfApi, try_to_load_from_cache
 

@@ -121,4 +121,3 @@ def table(runs: dict[str, dict], baseline: str | None = None, ks: tuple[int, ...
     sampling = block("Sampling (t=0.6, top-p 1): pass@1 (%)", "pass@1", [("avg pass@1", "pass@1"), *others],
                      "sample_tokens")
     return "\n".join(greedy + sampling).rstrip()
-

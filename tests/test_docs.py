@@ -24,7 +24,7 @@ def _commands() -> list[tuple[str, ...]]:
 
 def test_the_docs_name_commands_and_targets():
     commands = _commands()
-    assert ("selective_sft.study",) in commands and ("attribution", "ig") in commands and len(commands) >= 10
+    assert ("pipelines.study",) in commands and ("attribution", "ig") in commands and len(commands) >= 10
 
 
 def test_every_named_command_answers_help():

@@ -4,7 +4,7 @@ import json
 import datasets
 from transformers import AutoModelForCausalLM
 
-from selective_sft.quickstart import DEFAULT_RECIPE, run
+from pipelines.quickstart import DEFAULT_RECIPE, run
 
 
 def test_quickstart_every_stage(tmp_path):
@@ -47,7 +47,7 @@ def _samples(eval_dir, name, outcomes, tokens):
 def test_accuracy_table_counts_intervals_and_pairs(tmp_path):
     """a solves q0, q1; b solves q1, q2, q3 of 4: 2/4 and 3/4 with their Wilson intervals; paired, only a
     solves 1 and only b 2, McNemar p = min(1, 2 (1 + 3) / 8) = 1; lengths 10, 20, 30, 40: mean 25 ± 6."""
-    from selective_sft.quickstart import accuracy_table, greedy_samples
+    from pipelines.quickstart import accuracy_table, greedy_samples
 
     _samples(tmp_path, "a", [True, True, False, False], [10, 20, 30, 40])
     _samples(tmp_path, "b", [False, True, True, True], [10, 20, 30, 40])

@@ -1,4 +1,4 @@
-"""The study (python -m selective_sft.study): ground-truth labels, its statistics by hand, and the quick
+"""The study (python -m pipelines.study): ground-truth labels, its statistics by hand, and the quick
 mode end to end on the tiny model (report structure, resume, a changed design refused)."""
 import json
 
@@ -10,7 +10,7 @@ from attribution.selection import Selection, TraceView
 from common.config import SelectionArguments, TracesArguments
 from data import synthetic
 from common.stats import bootstrap_ci, detectable_difference, sign_flip_p
-from selective_sft.study import compare, pool, selection_quality
+from pipelines.study import compare, pool, selection_quality
 
 
 def test_oracle_labels_train_exactly_the_genuine_segments(tiny_tok):
@@ -64,7 +64,7 @@ def test_selection_quality_by_hand():
 
 
 def test_quick_study_end_to_end_resumes_and_refuses_a_changed_design(tmp_path):
-    from selective_sft.study import ROWS, run
+    from pipelines.study import ROWS, run
 
     args = ["--quick", "--run_dir", str(tmp_path), "--model_name_or_path", "tiny-qwen2"]
     out = run(args)

@@ -1,6 +1,6 @@
 """The paper's experiment (Tables 1-2) in miniature, on synthetic traces whose redundancy is known.
 
-    python -m selective_sft.study --config recipes/study/smollm2.yaml [--run_dir D] [--quick] [--key value ...]
+    python -m pipelines.study --config recipes/study/smollm2.yaml [--run_dir D] [--quick] [--key value ...]
 
 1. data: students' traces with planted redundancy, held-out questions, and clean traces of other
    questions for the attribution model (data.synthetic);
@@ -164,7 +164,7 @@ def run(argv: list[str]) -> dict:
     from data.records import write_jsonl
     from eval.run import evaluate, load_samples
 
-    from .train import train
+    from selective_sft.train import train
 
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--quick", action="store_true")
@@ -201,7 +201,7 @@ def run(argv: list[str]) -> dict:
     records, load = load_trace_records(recipe.traces)
     tok = load_tokenizer(recipe.model.model_name_or_path, recipe.traces.chat_template)
     template, think = recipe.traces.chat_template, recipe.training.think_prefix
-    command = "python -m selective_sft.study " + " ".join(argv)
+    command = "python -m pipelines.study " + " ".join(argv)
 
     # 2. the attribution model: full-CoT SFT of the base model on clean traces of other questions
     attributor = replace(_row_recipe(recipe, Row("attributor_clean", "all")),
@@ -322,7 +322,7 @@ def report(recipe, data_info: dict, answers: dict[str, dict], quality: dict, con
             lines.append(f"| {row.name} | {row.paper_table2} | {100 * r['correct'].mean():.1f} | {rel} |")
     lines += ["", "The paper's selector used 18% fewer tokens than full CoT there.", "",
               "## Power", "",
-              f"At the spread each comparison shows, a paired difference is detected (two-sided 5%, power 80%) from "
+              "At the spread each comparison shows, a paired difference is detected (two-sided 5%, power 80%) from "
               + ", ".join(f"{n} {v:.1f}" for n, v in mdd.items()) + " points on. Rows with fewer seeds are noisier.", "",
               "## Selection against the ground truth (token level: masked = planted?)", "",
               "| attributor | row | trace tokens trained | precision (planted among masked) | recall (planted masked) |",
@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     from common.runtime import keep_freed_memory
 
-    keep_freed_memory("selective_sft.study", argv)
+    keep_freed_memory("pipelines.study", argv)
     run(argv)
 
 

@@ -1,7 +1,7 @@
 """The whole method in one command, every stage cached under one run folder.
 
-    python -m selective_sft.quickstart                                   # SmolLM2 + synthetic data, CPU
-    python -m selective_sft.quickstart --config recipes/<model>/selective.yaml   # a paper setting, GPUs
+    python -m pipelines.quickstart                                   # SmolLM2 + synthetic data, CPU
+    python -m pipelines.quickstart --config recipes/<model>/selective.yaml   # a paper setting, GPUs
 
 data -> segments + integrated gradients -> selection -> labels (the recipe's selector and full CoT,
 ``selector: all``) -> SFT of both -> evaluation of both -> table, plots, HTML viewer. Folders follow
@@ -23,7 +23,7 @@ import numpy as np
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "quickstart" / "smollm2.yaml"
 # what the default run took where it was last measured (docs/measurements.md#quickstart)
-EXPECTED = ("quickstart: about 5 min on 2 cores (4 min 35 s where last measured; machines differ by 1.5x or "
+EXPECTED = ("quickstart: about 5 min on 2 cores (4 min 16-35 s where measured; machines differ by 1.5x or "
             "more); each stage prints its time")
 
 
@@ -181,7 +181,7 @@ def run(recipe_path: str, run_dir: str | None, overrides: list[str], n_train: in
     from data.records import write_jsonl
     from eval.run import collect_table, evaluate
 
-    from .train import train
+    from selective_sft.train import train
 
     recipe = parse_recipe(["--config", recipe_path, *overrides, *(["--run_dir", run_dir] if run_dir else [])])
     paths = recipe.paths
@@ -204,7 +204,7 @@ def run(recipe_path: str, run_dir: str | None, overrides: list[str], n_train: in
     attributions = load_attributions(attr_dir)
     # the recipe's selector against the full-CoT baseline, folders by the run-folder rule
     runs = {"selective": recipe.for_selector(recipe.selection.selector), "full_cot": recipe.for_selector("all")}
-    command = " ".join(["python -m selective_sft.quickstart --config", recipe_path, *overrides])
+    command = " ".join(["python -m pipelines.quickstart --config", recipe_path, *overrides])
     label_summaries = {name: stage(f"labels_{name}", lambda r=r: write_labels(tok, records, attributions, r, load,
                                                                               command).to_dict())
                        for name, r in runs.items()}
@@ -247,7 +247,7 @@ def run(recipe_path: str, run_dir: str | None, overrides: list[str], n_train: in
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m selective_sft.quickstart", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m pipelines.quickstart", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(DEFAULT_RECIPE))
     p.add_argument("--run-dir", help="default: the recipe's run_dir")
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     a, overrides = p.parse_known_args(argv)
     from common.runtime import keep_freed_memory
 
-    keep_freed_memory("selective_sft.quickstart", list(sys.argv[1:] if argv is None else argv))
+    keep_freed_memory("pipelines.quickstart", list(sys.argv[1:] if argv is None else argv))
     if a.config == str(DEFAULT_RECIPE) and not overrides:
         print(EXPECTED, flush=True)
     run(a.config, a.run_dir, overrides, a.n_train, a.n_eval)
