@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 
 def one(model: str, steps: int, batch: int, length: int, unsloth: str, precision: str) -> dict:
     import torch
@@ -81,6 +83,7 @@ def main() -> None:
     p.add_argument("--precision", default="fp32", help="CPU: comma-separated fp32, bf16 (autocast); GPU runs are bf16")
     p.add_argument("--allocator", default="keep", help="comma-separated: keep (common.runtime: glibc keeps freed "
                    "memory, what the study and quickstart run with), default (glibc's own settings)")
+    p.add_argument("--repeats", type=int, default=1, help="processes per configuration: tokens/s as mean (min-max)")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.one:
@@ -93,21 +96,27 @@ def main() -> None:
 
     from common.runtime import MALLOC_ENV
 
-    print("| model | length | unsloth | precision | allocator | tokens/step | tokens/s | peak RSS MB | peak GPU MB |\n"
-          "|---|---|---|---|---|---|---|---|---|")
-    for model, use_unsloth, precision, allocator in product(*(getattr(a, k).split(",") for k in (
-            "model", "unsloth", "precision", "allocator"))):
-        cmd = [sys.executable, "-m", "benchmarks.bench_train", "--one", "--model", model, "--steps", str(a.steps),
-               "--batch", str(a.batch), "--length", a.length, "--unsloth", use_unsloth, "--precision", precision]
-        env = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV} | (MALLOC_ENV if allocator == "keep" else {})
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if out.returncode:
-            sys.exit(out.stderr[-3000:])
-        for length, line in zip(a.length.split(","), [x for x in out.stdout.splitlines() if x.startswith("result: ")]):
-            r = json.loads(line.removeprefix("result: "))
-            gpu = f"{r['peak_gpu_mb']:.0f}" if r["peak_gpu_mb"] is not None else "-"
-            print(f"| {model} | {length} | {use_unsloth} | {r['precision']} | {allocator} | {r['tokens_per_step']:.0f} | "
-                  f"{r['tokens_per_s']:.0f} | {r['peak_rss_mb']:.0f} | {gpu} |", flush=True)
+    configs = list(product(*(getattr(a, k).split(",") for k in ("model", "unsloth", "precision", "allocator"))))
+    runs: dict[tuple, list[dict]] = {}
+    for _ in range(a.repeats):  # repeats interleaved across configs, so drift on the machine hits all alike
+        for model, use_unsloth, precision, allocator in configs:
+            cmd = [sys.executable, "-m", "benchmarks.bench_train", "--one", "--model", model, "--steps", str(a.steps),
+                   "--batch", str(a.batch), "--length", a.length, "--unsloth", use_unsloth, "--precision", precision]
+            env = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV} | (MALLOC_ENV if allocator == "keep" else {})
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if out.returncode:
+                sys.exit(out.stderr[-3000:])
+            for length, line in zip(a.length.split(","), [x for x in out.stdout.splitlines() if x.startswith("result: ")]):
+                runs.setdefault((model, length, use_unsloth, precision, allocator), []).append(
+                    json.loads(line.removeprefix("result: ")))
+    print("| model | length | unsloth | precision | allocator | tokens/step | tokens/s: mean (min-max) | runs | "
+          "peak RSS MB | peak GPU MB |\n|---|---|---|---|---|---|---|---|---|---|")
+    for (model, length, use_unsloth, precision, allocator), rs in runs.items():
+        rate = [r["tokens_per_s"] for r in rs]
+        gpu = f"{max(r['peak_gpu_mb'] for r in rs):.0f}" if rs[0]["peak_gpu_mb"] is not None else "-"
+        print(f"| {model} | {length} | {use_unsloth} | {rs[0]['precision']} | {allocator} | {rs[0]['tokens_per_step']:.0f} | "
+              f"{np.mean(rate):.0f} ({min(rate):.0f}-{max(rate):.0f}) | {len(rs)} | "
+              f"{max(r['peak_rss_mb'] for r in rs):.0f} | {gpu} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from .wheels import ROOT, TRANSFER_MIB, Wheel, box_packages, norm, read_lock
 # the entry files of the GPU checks; the module check follows their imports through the repo
 GPU_ENTRIES = ["scripts/gpu_kit/__main__.py", "tests/conftest.py", "tests/test_gpu.py", "tests/gpu_worker.py",
                "benchmarks/bench_gpu.py", "benchmarks/bench_train.py"]
-REPO_PACKAGES = {"attribution", "benchmarks", "common", "data", "eval", "scripts", "selective_sft", "tests"}
+REPO_PACKAGES = {"attribution", "benchmarks", "common", "data", "eval", "pipelines", "scripts", "selective_sft", "tests"}
 # imported on a path no GPU check takes, so the box needs none of them
 NOT_ON_THE_BOX = {
     "vllm": "eval/generate.py imports it for `--eval_backend vllm` only; the GPU checks generate with hf",
