@@ -2,7 +2,7 @@
 
 Training a 135M model on a CPU allocates and frees the same large buffers (logits, activations) at every
 step; glibc hands big ones back to the kernel each time, and the page faults that follow cost more than
-the arithmetic (benchmarks/bench_train.py: 57 -> 91 tokens/s for SmolLM2 on 2 cores). The variables must
+the arithmetic (benchmarks/bench_train.py: 63 -> 89 tokens/s for SmolLM2 on 2 cores, 3 runs each). The variables must
 be set before the interpreter starts, so a command re-executes itself once with them.
 """
 from __future__ import annotations

@@ -180,7 +180,6 @@ def run(recipe_path: str, run_dir: str | None, overrides: list[str], n_train: in
     from data.loaders import load_trace_records
     from data.records import write_jsonl
     from eval.run import collect_table, evaluate
-
     from selective_sft.train import train
 
     recipe = parse_recipe(["--config", recipe_path, *overrides, *(["--run_dir", run_dir] if run_dir else [])])

@@ -161,9 +161,9 @@ def run(argv: list[str]) -> dict:
     from common.modeling import load_tokenizer
     from common.recipe import parse_recipe
     from data import synthetic
+    from data.loaders import load_trace_records
     from data.records import write_jsonl
     from eval.run import evaluate, load_samples
-
     from selective_sft.train import train
 
     p = argparse.ArgumentParser(add_help=False)
@@ -196,8 +196,6 @@ def run(argv: list[str]) -> dict:
     data_info = stage("data", make_data)
     recipe.traces.traces = str(files["train"])
     recipe.eval.eval_data_dir, recipe.eval.eval_benchmarks = str(data), ["synthetic"]
-    from data.loaders import load_trace_records
-
     records, load = load_trace_records(recipe.traces)
     tok = load_tokenizer(recipe.model.model_name_or_path, recipe.traces.chat_template)
     template, think = recipe.traces.chat_template, recipe.training.think_prefix
