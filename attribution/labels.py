@@ -26,6 +26,7 @@ from data.records import LoadReport, Record
 from data.synthetic import planted_mask
 
 from .alignment import PROMPT, TAIL, align
+from .attributions import ig_quality
 from .labels_dataset import IGNORE, WEIGHTS, LabelSummary, load_labels, push, save_labels, tokenizer_signature
 from .segments import segments_from_spans, split_segments
 from .selection import select, selector_params, trace_view
@@ -201,12 +202,16 @@ def _made_by(tokenizer, traces: TracesArguments, cfg: SelectionArguments, attrib
     if attributions is not None:
         attribution = recipe.attribution
         model = attribution_model(attribution, recipe.model).model_name_or_path
-        gaps = np.array([r["completeness_gap"] for r in attributions.values() if r["status"] == "ok"])
-        facts["attribution"] = (f"`{model}`, IG `{attribution.ig_rule}` J = {attribution.ig_steps}, "
+        ok = [r for r in attributions.values() if r["status"] == "ok"]
+        facts["attribution"] = (f"`{model}`, IG `{attribution.ig_rule}` J = {attribution.ig_steps}"
+                                f"{f' (tolerance {attribution.ig_tolerance:g})' if attribution.ig_steps == 'auto' else ''}, "
                                 f"baseline `{attribution.ig_baseline}` on `{attribution.ig_baseline_scope}` tokens")
-        if len(gaps):
-            facts["completeness gap"] = (f"mean {gaps.mean():.3f}, median {np.median(gaps):.3f}, "
-                                         f"max {gaps.max():.3f} over {len(gaps)} traces")
+        if ok:
+            q = ig_quality(ok)
+            g, n = q["completeness_gap"], q["points"]
+            facts["completeness gap"] = (f"mean {g['mean']:.3f}, median {g['median']:.3f}, 90th percentile {g['p90']:.3f}, "
+                                         f"max {g['max']:.3f} over {len(ok)} traces; {len(q['unconverged'])} unconverged; "
+                                         f"points per trace median {n['median']:.0f}, max {n['max']:.0f}")
     return facts
 
 

@@ -27,7 +27,8 @@ def attribute_record(model, tokenizer, rec: Record, traces: TracesArguments, cfg
     segs = split_segments(rec.trace, traces.keyword_list)
     row = {"id": rec.id, "status": "ok", "reason": "", "segments": [[s.start, s.end] for s in segs], "trace_start": 0,
            "answer": rec.answer, "input_ids": [], "token_start": [], "token_segment": [], "token_ig": [],
-           "f_input": None, "f_baseline": None, "completeness_gap": None, "features": {}, "seconds": 0.0}
+           "f_input": None, "f_baseline": None, "completeness_gap": None, "ig_steps_used": None, "ig_converged": None,
+           "ig_change": None, "features": {}, "seconds": 0.0}
     if not rec.answer:
         why = "trace cut off before </think>" if rec.meta.get("truncated") else "no gold answer"
         return {**row, "status": "skipped", "reason": f"answer missing ({why})"}
@@ -39,7 +40,8 @@ def attribute_record(model, tokenizer, rec: Record, traces: TracesArguments, cfg
     mask = al.token_segment >= 0 if cfg.ig_baseline_scope == "trace" else None
     baseline_id = tokenizer.pad_token_id if cfg.ig_baseline == "pad" else None
     res = integrated_gradients(model, al.input_ids, al.answer_positions, mask, baseline_id, rule=cfg.ig_rule,
-                               steps=cfg.ig_steps, internal_batch=cfg.ig_internal_batch,
+                               steps=cfg.ig_steps, tolerance=cfg.ig_tolerance, max_steps=cfg.ig_max_steps,
+                               internal_batch=cfg.ig_internal_batch,
                                gradient_checkpointing=cfg.ig_gradient_checkpointing)
     if cfg.ig_features:
         feats = segment_features(model, tokenizer, pt.prompt, [s.text for s in segs], rec.answer, cfg.ig_features,
@@ -48,7 +50,7 @@ def attribute_record(model, tokenizer, rec: Record, traces: TracesArguments, cfg
     return {**row, "trace_start": pt.trace_start, "input_ids": al.input_ids.tolist(), "token_start": al.offsets[:, 0].tolist(),
             "token_segment": al.token_segment.tolist(), "token_ig": res.token_ig.tolist(),
             "f_input": res.f_input, "f_baseline": res.f_baseline, "completeness_gap": res.completeness_gap,
-            "seconds": time.perf_counter() - t0}
+            "ig_steps_used": res.steps, "ig_converged": res.converged, "ig_change": res.change, "seconds": time.perf_counter() - t0}
 
 
 def run(traces: TracesArguments, cfg: AttributionArguments, model_args, records: list[Record],
@@ -88,6 +90,6 @@ def run(traces: TracesArguments, cfg: AttributionArguments, model_args, records:
     state.wait_for_everyone()
     summary = {}
     if state.is_main_process:
-        summary = attributions.merge(out, records, state.num_processes, cfg.ig_gap_warn, load)
+        summary = attributions.merge(out, records, state.num_processes, load)
     state.wait_for_everyone()
     return summary

@@ -20,8 +20,11 @@ PAPER_KEYWORDS = (
 KEYWORD_SETS = {"paper": PAPER_KEYWORDS, "fine": PAPER_KEYWORDS + ("But", "Hmm", "Hmmm")}
 
 # riemann_right: paper eq. 2 (points j/J, j = 1..J, weights 1/J); riemann_linspace: the authors'
-# released code (linspace(0, 1, J), weights 1/J)
-IG_RULES = ("riemann_right", "riemann_linspace", "riemann_midpoint", "riemann_trapezoid", "gauss_legendre")
+# released code (linspace(0, 1, J), weights 1/J); graded_trapezoid: points (j/J)^2, dense near the baseline
+IG_RULES = ("riemann_right", "riemann_linspace", "riemann_midpoint", "riemann_trapezoid", "graded_trapezoid",
+            "gauss_legendre")
+# the rules whose points nest when their intervals double: ig_steps: auto refines them without recomputing a point
+AUTO_RULES = ("riemann_right", "riemann_trapezoid", "graded_trapezoid")
 RENAMED_RULES = {"riemann_paper": "ig_rule riemann_paper is gone: it named the released code's rule, now "
                                   "riemann_linspace (linspace(0, 1, J)); the paper's eq. 2 (points j/J, j = 1..J) is "
                                   "riemann_right, the default"}
@@ -110,7 +113,7 @@ class TracesArguments:
 class AttributionArguments:
     """Integrated gradients (paper eq. 2) and the model features of the non-IG baselines."""
 
-    RUN_ONLY: ClassVar[tuple[str, ...]] = ("ig_internal_batch", "ig_gradient_checkpointing", "ig_gap_warn", "attribution_dir")
+    RUN_ONLY: ClassVar[tuple[str, ...]] = ("ig_internal_batch", "ig_gradient_checkpointing", "attribution_dir")
 
     attribution_model_name_or_path: str | None = field(default=None, metadata={
         "help": "the model whose IG selects segments (paper: R1-Distill-Qwen-7B for every setting); default: the trained model"})
@@ -119,14 +122,21 @@ class AttributionArguments:
                 "recipe's dtype key"})
     # the paper's rule (eq. 2) and J; the trace-only path from benchmarks/bench_attribution.py (README)
     ig_rule: str = field(default="riemann_right", metadata={"help": " | ".join(IG_RULES)})
-    ig_steps: int = field(default=50, metadata={"help": "J, the number of points on the path (paper: 50)"})
+    # typed str for the parser (an int or "auto"); __post_init__ makes a number an int
+    ig_steps: str = field(default=50, metadata={
+        "help": "J, the number of points on the path (paper: 50), or 'auto': per trace, points doubled until the "
+                "completeness gap and the change of token IG since the last doubling are <= ig_tolerance"})
+    ig_tolerance: float = field(default=0.05, metadata={
+        "help": "a trace converged: completeness gap <= this (and, for auto, relative L1 change of token IG between "
+                "two levels <= this); the paper's 'within 5%%'"})
+    ig_max_steps: int = field(default=512, metadata={"help": "auto: the most points a trace gets; one left unconverged "
+                                                              "there is kept, flagged and named in the summary"})
     ig_baseline: str = field(default="pad", metadata={"help": "'pad' (pad-token embedding, paper) or 'zeros'"})
     ig_baseline_scope: str = field(default="trace", metadata={"help": "'trace' (trace tokens move) or 'all' (paper: every token)"})
     ig_internal_batch: int = field(default=1, metadata={"help": "alpha points per forward; 1 is fastest on CPU (benchmark)"})
     ig_gradient_checkpointing: bool = False
     ig_answer_suffix: str = ANSWER_SUFFIX
     ig_max_length: int = 16384
-    ig_gap_warn: float = field(default=0.1, metadata={"help": "warn for traces whose completeness gap exceeds this"})
     ig_features: list[str] = field(default_factory=list, metadata={"help": "model features for baselines: " + ", ".join(IG_FEATURES)})
     confidence_samples: int = field(default=0, metadata={
         "help": "confidence_gain: 0 = forced-answer log-prob (deterministic, cheap); M = share of M answers sampled "
@@ -141,8 +151,15 @@ class AttributionArguments:
         _one_of("attribution", "ig_baseline_scope", self.ig_baseline_scope, ("trace", "all"))
         for name in self.ig_features:
             _one_of("attribution", "ig_features", name, IG_FEATURES)
-        if self.ig_steps < 1 or self.ig_internal_batch < 1:
-            raise ValueError("recipe keys ig_steps and ig_internal_batch must be >= 1")
+        if str(self.ig_steps) == "auto":
+            self.ig_steps = "auto"
+            _one_of("attribution", "ig_rule (with ig_steps: auto)", self.ig_rule, AUTO_RULES)
+        elif str(self.ig_steps).isdigit() and int(self.ig_steps) >= 1:
+            self.ig_steps = int(self.ig_steps)
+        else:
+            raise ValueError(f"recipe key ig_steps: {self.ig_steps!r} is neither a number of points >= 1 nor 'auto'")
+        if self.ig_internal_batch < 1 or not 0 < self.ig_tolerance:
+            raise ValueError("recipe keys ig_internal_batch must be >= 1 and ig_tolerance > 0")
 
 
 @dataclass

@@ -161,8 +161,8 @@ def _work(attribution, dtype: str, attributions: dict, times: dict[str, float],
     """stage_work, and IG per point (the IG itself, without loading; the attribution section and the
     attribution model's ``dtype``)."""
     ok = [r for r in attributions.values() if r["status"] == "ok"]
-    points, ig_seconds = len(ok) * attribution.ig_steps, sum(r["seconds"] for r in ok)
-    return {"attribution": (f"{len(ok)} traces x {attribution.ig_steps} points, "
+    points, ig_seconds = sum(r["ig_steps_used"] for r in ok), sum(r["seconds"] for r in ok)
+    return {"attribution": (f"{len(ok)} traces, {points} points (ig_steps {attribution.ig_steps}), "
                             f"{np.mean([len(r['input_ids']) for r in ok]):.0f} tokens each ({attribution.ig_rule}, {dtype})",
                             f"{ig_seconds / max(points, 1):.2f} s per point"),
             **stage_work(times, results)}
@@ -170,7 +170,7 @@ def _work(attribution, dtype: str, attributions: dict, times: dict[str, float],
 
 def run(recipe_path: str, run_dir: str | None, overrides: list[str], n_train: int, n_eval: int) -> dict:
     from attribution import runner
-    from attribution.attributions import load_attributions, load_summary
+    from attribution.attributions import ig_quality_lines, load_attributions, load_summary
     from attribution.labels import write_labels
     from attribution.report import write_report
     from attribution.selection import select, trace_view
@@ -236,9 +236,9 @@ def run(recipe_path: str, run_dir: str | None, overrides: list[str], n_train: in
         lines += ["", "## Planted redundancy (synthetic data: ground truth known)", "", planted_table(records, by_sel),
                   "", "Redundancy the trained models write (greedy, held-out questions):", "",
                   redundancy_table(records, greedy)]
-    gap = load_summary(attr_dir)
-    lines += ["", f"IG: {gap['attributed']} traces, mean completeness gap {gap['mean_completeness_gap']:.3f}",
-              f"plots and viewer: {report}", "", "## Profile", "", profile_table(stage.times, work)]
+    summary = load_summary(attr_dir)
+    lines += ["", f"IG on {summary['attributed']} traces ({recipe.attribution.ig_rule}, ig_steps "
+                  f"{recipe.attribution.ig_steps}):", "", *ig_quality_lines(summary), "", f"plots and viewer: {report}", "", "## Profile", "", profile_table(stage.times, work)]
     text = "\n".join(lines)
     (paths.run_dir / "results.md").write_text(text + "\n")
     print("\n" + text)

@@ -267,6 +267,7 @@ def _fmt_ci(lo: float, hi: float) -> str:
 def report(recipe, data_info: dict, answers: dict[str, dict], quality: dict, confidence: dict, ig_summary: dict,
            profile: str) -> str:
     """The study's report.md."""
+    from attribution.attributions import ig_quality_lines
     from common.stats import bootstrap_ci
 
     study, students = recipe.study, _students(recipe)
@@ -289,8 +290,8 @@ def report(recipe, data_info: dict, answers: dict[str, dict], quality: dict, con
              f"- Attribution model: the base model fine-tuned on {study.study_n_attributor} clean traces of other questions "
              f"({study.study_attributor_epochs:g} epochs); held-out greedy accuracy {100 * att['correct'].mean():.1f}% "
              f"(95% CI {_fmt_ci(*(100 * x for x in bootstrap_ci(att['correct'])))}) on the {len(att['ids'])} questions below.",
-             f"- IG: {recipe.attribution.ig_rule}, J = {recipe.attribution.ig_steps}, pad baseline on the trace tokens; "
-             f"mean completeness gap {ig_summary.get('mean_completeness_gap', float('nan')):.2f} over {ig_summary.get('attributed')} traces.",
+             f"- IG: {recipe.attribution.ig_rule}, ig_steps {recipe.attribution.ig_steps}, pad baseline on the trace "
+             f"tokens, {ig_summary.get('attributed')} traces. " + " ".join(ig_quality_lines(ig_summary)),
              f"- Evaluation: {len(base['ids'])} held-out questions, greedy, at most {limit} new tokens. Rows pool their seeds "
              f"per question; intervals are 95% percentile bootstraps over questions; p is a paired sign-flip test "
              f"against full CoT on the same questions.", "",

@@ -26,7 +26,8 @@ def test_quickstart_every_stage(tmp_path):
     assert set(out["times"]) == {"data", "model", "attribution", "labels_selective", "labels_full_cot", "train_selective",
                                  "train_full_cot", "eval_selective", "eval_full_cot"}
     for section in ("95% Wilson interval", "exact McNemar p", "Redundancy the trained models write", "## Profile",
-                    "6 traces x 4 points", "s per point", "s per step", "ms per token"):
+                    "6 traces, 24 points (ig_steps 4)", "IG completeness gap: median", "s per point", "s per step",
+                    "ms per token"):
         assert section in results, section
     # a rerun skips every finished stage, and reports the times they took
     again = run(str(DEFAULT_RECIPE), str(tmp_path), ["--model_name_or_path", "tiny-qwen2",
