@@ -39,6 +39,12 @@ def integration_points(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
         w = np.full(steps, 1.0 / (steps - 1))
         w[[0, -1]] /= 2
         return np.arange(steps) / (steps - 1), w  # j/J exactly, so that a doubled grid holds these points bit for bit
+    if rule == "simpson":  # composite Simpson on j/J (J even): weights 1, 4, 2, ..., 4, 1 times 1/(3J)
+        if steps < 3 or steps % 2 == 0:
+            raise ValueError(f"rule 'simpson' needs an odd number of points >= 3, not {steps}")
+        w = np.ones(steps)
+        w[1:-1:2], w[2:-1:2] = 4, 2
+        return np.arange(steps) / (steps - 1), w / (3 * (steps - 1))
     if rule == "graded_trapezoid":
         # the trapezoid rule in u = sqrt(a): int_0^1 p(a) da = int_0^1 p(u^2) 2u du, points (j/J)^2, j = 1..J
         # (the u = 0 end weighs 0): the spacing near the baseline, where the path turns fastest, is 1/J^2
@@ -58,7 +64,7 @@ def auto_levels(rule: str, max_steps: int) -> list[int]:
     if rule not in AUTO_RULES:
         raise ValueError(f"ig_steps: auto needs a rule whose points nest when doubled, one of {AUTO_RULES}; "
                          f"{rule!r} is not")
-    extra = int(rule == "riemann_trapezoid")  # J intervals have J + 1 points
+    extra = int(rule in ("riemann_trapezoid", "simpson"))  # J intervals have J + 1 points
     levels, m = [], AUTO_START
     while m + extra <= max_steps:
         levels.append(m + extra)

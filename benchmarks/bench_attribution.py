@@ -221,9 +221,7 @@ def sweep(cache: Cache, data, modes, js, rules, ref_start, ref_max) -> str:
 
 def _simpson(n: int) -> np.ndarray:
     """Composite Simpson weights on n (odd) equally spaced points of [0, 1]."""
-    w = np.ones(n)
-    w[1:-1:2], w[2:-1:2] = 4, 2
-    return w / (3 * (n - 1))
+    return integration_points("simpson", n)[1]
 
 
 def _best_case_adaptive(products: np.ndarray, ref_panel, budget: int) -> tuple[np.ndarray, int]:

@@ -21,10 +21,10 @@ KEYWORD_SETS = {"paper": PAPER_KEYWORDS, "fine": PAPER_KEYWORDS + ("But", "Hmm",
 
 # riemann_right: paper eq. 2 (points j/J, j = 1..J, weights 1/J); riemann_linspace: the authors'
 # released code (linspace(0, 1, J), weights 1/J); graded_trapezoid: points (j/J)^2, dense near the baseline
-IG_RULES = ("riemann_right", "riemann_linspace", "riemann_midpoint", "riemann_trapezoid", "graded_trapezoid",
+IG_RULES = ("riemann_right", "riemann_linspace", "riemann_midpoint", "riemann_trapezoid", "simpson", "graded_trapezoid",
             "gauss_legendre")
 # the rules whose points nest when their intervals double: ig_steps: auto refines them without recomputing a point
-AUTO_RULES = ("riemann_right", "riemann_trapezoid", "graded_trapezoid")
+AUTO_RULES = ("riemann_right", "riemann_trapezoid", "simpson", "graded_trapezoid")
 RENAMED_RULES = {"riemann_paper": "ig_rule riemann_paper is gone: it named the released code's rule, now "
                                   "riemann_linspace (linspace(0, 1, J)); the paper's eq. 2 (points j/J, j = 1..J) is "
                                   "riemann_right, the default"}
