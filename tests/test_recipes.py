@@ -76,7 +76,7 @@ def test_attribution_model_dtype():
 
 
 def test_sections_validate_their_keys(tmp_path):
-    for key, value, message in [("selector", "best", "selector"), ("ig_rule", "simpson", "ig_rule"),
+    for key, value, message in [("selector", "best", "selector"), ("ig_rule", "boole", "ig_rule"),
                                 ("ig_features", "[magic]", "ig_features"), ("keywords", "Wait,,Hmm", "keywords"),
                                 ("label_mode", "drop", "label_mode"), ("label_weights", "gain", "label_weights"),
                                 ("analysis_steps", "[vibes]", "analysis_steps")]:
@@ -93,3 +93,16 @@ def test_unknown_key_named(tmp_path):
     bad.write_text(RECIPES[0].read_text() + "\nlearning_rat: 1.0\n")
     with pytest.raises(ValueError, match="learning_rat"):
         parse_recipe(["--config", str(bad)])
+
+
+def test_ig_steps_number_or_auto():
+    """ig_steps takes J or 'auto', from the YAML and from the command line; auto takes the nested rules only."""
+    recipe = "recipes/deepseek-r1-distill-qwen-7b/selective.yaml"
+    assert parse_recipe(["--config", recipe]).attribution.ig_steps == 50
+    assert parse_recipe(["--config", recipe, "--ig_steps", "16"]).attribution.ig_steps == 16
+    auto = parse_recipe(["--config", recipe, "--ig_steps", "auto", "--ig_tolerance", "0.02"]).attribution
+    assert (auto.ig_steps, auto.ig_tolerance, auto.ig_max_steps) == ("auto", 0.02, 512)
+    with pytest.raises(ValueError, match="neither a number of points"):
+        parse_recipe(["--config", recipe, "--ig_steps", "many"])
+    with pytest.raises(ValueError, match="ig_rule"):
+        parse_recipe(["--config", recipe, "--ig_steps", "auto", "--ig_rule", "gauss_legendre"])
