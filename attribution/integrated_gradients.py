@@ -260,7 +260,7 @@ def refine(rule: str, levels: list[int], sample, ends, tolerance: float, auto: b
         if converged:
             break
         previous = ig
-    return IGResult(ig, f_input, f_base, rule, len(alphas), converged, change)
+    return IGResult(ig, float(f_input), float(f_base), rule, len(alphas), bool(converged), change)
 
 
 def integrated_gradients(
