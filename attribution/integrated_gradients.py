@@ -47,7 +47,7 @@ def integration_points(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
         return np.arange(steps) / (steps - 1), w / (3 * (steps - 1))
     if rule == "graded_trapezoid":
         # the trapezoid rule in u = sqrt(a): int_0^1 p(a) da = int_0^1 p(u^2) 2u du, points (j/J)^2, j = 1..J
-        # (the u = 0 end weighs 0): the spacing near the baseline, where the path turns fastest, is 1/J^2
+        # (the u = 0 end weighs 0): spacing 1/J^2 next to the baseline, 2/J next to the input
         u = np.arange(1, steps + 1) / steps
         w = 2 * u / steps
         w[-1] /= 2
@@ -148,7 +148,7 @@ def _answer_logprob(model, embeds: torch.Tensor, answer_ids: torch.Tensor, predi
 
 class _Path:
     """One trace's straight path from the baseline x' to the input x, set up once (embeddings, the
-    cached prefix); ``sample`` evaluates F and the products at any alphas. Use inside ``_frozen``."""
+    cached prefix); ``sample`` evaluates F and the products at any alphas. Opened by ``open_path``."""
 
     def __init__(self, model, input_ids, answer_positions, baseline_mask, baseline_id, checkpointing: bool):
         ids = torch.as_tensor(np.asarray(input_ids), dtype=torch.long)
