@@ -228,13 +228,15 @@ def main() -> None:
     p.add_argument("--max-steps", type=int, default=512)
     p.add_argument("--out", default=str(ROOT / "runs" / "bench_ig_steps"))
     p.add_argument("--shard", default="0/1", help="i/n: this process takes every n-th trace from the i-th (run n side by side)")
+    p.add_argument("--reverse", action="store_true", help="take the shard's traces last first (a second process on a "
+                   "shard meets the first one half-way)")
     p.add_argument("--stored-only", action="store_true", help="only the traces whose points are all stored (a report)")
     a = p.parse_args()
     out = Path(a.out) / a.set
     out.mkdir(parents=True, exist_ok=True)
     model, tok, traces = load(a.set, a.traces, Path(a.run_dir), a.max_trace_tokens)
     index, count = map(int, a.shard.split("/"))
-    traces = traces[index::count]
+    traces = traces[index::count][:: -1 if a.reverse else 1]
     if a.stored_only:  # report on the traces whose reference and J = 50 points are all stored, computing nothing
         need = set((np.arange(GRID + 1) / GRID).tolist()) | set(integration_points("riemann_right", 50)[0].tolist())
         stored = [(tid, al) for tid, al in traces
