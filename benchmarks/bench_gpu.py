@@ -7,7 +7,9 @@ nothing from the hub) and random token sequences of each length (IG's cost does 
    batch with gradient checkpointing off and on, and for the paper-style loop (batch 1, full logits,
    parameter gradients); an out-of-memory case is reported as such.
 2. ``limo``: H100-hours for 817 traces of --limo-tokens tokens (LIMO's length distribution is not
-   available offline: the mean is an input, stated in the output) at J = 50 with the 7B architecture,
+   available offline: the mean is an input, stated in the output) with the 7B architecture, at the paper's
+   J = 50 and at the mean points per trace that ``ig_steps: auto`` needed (--auto-points, measured on CPU by
+   benchmarks/bench_ig_steps: an input too, since random weights say nothing about convergence),
    from the measured s/point (fitted a L + b L^2 over the two lengths), next to the paper's ~7
    GPU-hours and to a FLOP bound: each point is a forward and a backward to the inputs only, about
    4 N L matmul FLOPs for N parameters (2 N L each way; no weight gradients) plus attention
@@ -28,6 +30,9 @@ import numpy as np
 from common.assets import R1_DISTILL_ARCHS
 
 LIMO_TRACES, PAPER_GPU_HOURS = 817, 7.0
+# mean points per trace of ig_steps: auto (riemann_trapezoid, tolerance 0.05) on the 20 cut R1 traces with SmolLM2
+# (docs/measurements.md, "IG points per trace"); the GPU estimate scales J = 50's cost by it
+AUTO_POINTS = 161.0
 
 
 def cases(lengths: list[int], batches: list[int]) -> list[tuple[str, int, int, bool]]:
@@ -69,12 +74,12 @@ def measure(model, engine: str, length: int, batch: int, checkpointing: bool, po
             "peak_gb": (torch.cuda.max_memory_allocated() - base) / 2**30}
 
 
-def limo_hours(seconds: dict[int, float], tokens: int) -> float:
-    """817 traces x 50 points at ``tokens`` tokens, from s/point measured at two lengths (a L + b L^2)."""
+def limo_hours(seconds: dict[int, float], tokens: int, points: float = 50) -> float:
+    """817 traces x ``points`` points at ``tokens`` tokens, from s/point measured at two lengths (a L + b L^2)."""
     (l1, s1), (l2, s2) = sorted(seconds.items())[:2]
     b = (s2 / l2 - s1 / l1) / (l2 - l1)
     a = s1 / l1 - b * l1
-    return LIMO_TRACES * 50 * (a * tokens + b * tokens**2) / 3600
+    return LIMO_TRACES * points * (a * tokens + b * tokens**2) / 3600
 
 
 def flop_bound_hours(arch: str, tokens: int, peak_tflops: float) -> float:
@@ -93,6 +98,7 @@ def main() -> None:
     p.add_argument("--batches", default="1,4,8,16")
     p.add_argument("--points", type=int, default=4, help="IG points timed per case")
     p.add_argument("--limo-tokens", type=int, default=6000, help="mean LIMO trace length assumed for the estimate")
+    p.add_argument("--auto-points", type=float, default=AUTO_POINTS, help="mean points per trace of ig_steps: auto")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the GPU (H100 SXM: 989)")
     p.add_argument("--out", help="also write the tables to this markdown file")
     p.add_argument("--dry-run", action="store_true")
@@ -104,7 +110,8 @@ def main() -> None:
         why = "dry run" if a.dry_run else "no CUDA GPU here"
         for c in cases(lengths, batches):
             print(f"would measure {c[0]} at {c[1]} tokens, internal batch {c[2]}, checkpointing {c[3]} ({why})")
-        print(f"would estimate LIMO-scale H100-hours with r1-distill-qwen-7b at {a.limo_tokens} tokens ({why})")
+        print(f"would estimate LIMO-scale H100-hours with r1-distill-qwen-7b at {a.limo_tokens} tokens, J = 50 and "
+              f"auto's {a.auto_points:.0f} points a trace ({why})")
         return
     from common.assets import random_model
 
@@ -123,17 +130,18 @@ def main() -> None:
     big = random_model("r1-distill-qwen-7b", device="cuda").eval()
     best = {length: min(s for s in (measure(big, "engine", length, b, True, a.points)["seconds_per_point"] for b in batches)
                         if s is not None) for length in lengths[:2]}
-    hours = limo_hours(best, a.limo_tokens)
     bound = flop_bound_hours("r1-distill-qwen-7b", a.limo_tokens, a.peak_tflops)
-    lines += ["", f"## LIMO-scale attribution with the 7B architecture ({LIMO_TRACES} traces, J = 50, "
+    lines += ["", f"## LIMO-scale attribution with the 7B architecture ({LIMO_TRACES} traces, "
               f"{a.limo_tokens} tokens each: an assumed mean)", "",
               "| | GPU-hours |", "|---|---|",
-              f"| this engine (best of internal batch {a.batches}, checkpointing on; s/point: "
-              f"{', '.join(f'{v:.3f} at {k}' for k, v in best.items())}) | {hours:.1f} |",
-              f"| the paper (App. C.4) | ~{PAPER_GPU_HOURS:.0f} |",
-              f"| FLOP bound at {a.peak_tflops:.0f} TFLOP/s (4 N L + 8 layers d L^2 per point) | {bound:.1f} |"]
+              f"| this engine, J = 50 (best of internal batch {a.batches}, checkpointing on; s/point: "
+              f"{', '.join(f'{v:.3f} at {k}' for k, v in best.items())}) | {limo_hours(best, a.limo_tokens):.1f} |",
+              f"| this engine, ig_steps: auto ({a.auto_points:.0f} points a trace on average, measured on CPU: "
+              f"docs/measurements.md) | {limo_hours(best, a.limo_tokens, a.auto_points):.1f} |",
+              f"| the paper (App. C.4, J = 50) | ~{PAPER_GPU_HOURS:.0f} |",
+              f"| FLOP bound at {a.peak_tflops:.0f} TFLOP/s, J = 50 (4 N L + 8 layers d L^2 per point) | {bound:.1f} |"]
     text = "\n".join(lines)
-    print("\n".join(lines[-8:]))  # the LIMO table, with its title
+    print("\n".join(lines[-9:]))  # the LIMO table, with its title
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(text + "\n")

@@ -21,6 +21,7 @@ def test_limo_hours_fits_linear_and_quadratic_cost():
     # s/point = 1e-4 L + 1e-9 L^2: 0.4256 s at 4096, 1.9068 s at 16384; at 6000: 0.636 s
     seconds = {4096: 1e-4 * 4096 + 1e-9 * 4096**2, 16384: 1e-4 * 16384 + 1e-9 * 16384**2}
     assert limo_hours(seconds, 6000) == pytest.approx(LIMO_TRACES * 50 * (0.6 + 0.036) / 3600)
+    assert limo_hours(seconds, 6000, points=80) == pytest.approx(LIMO_TRACES * 80 * (0.6 + 0.036) / 3600)  # auto's mean
 
 
 def test_flop_bound_by_hand():
