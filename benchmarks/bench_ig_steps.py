@@ -21,8 +21,9 @@ Resumable after kill -9: each trace's points are saved every ``CHUNK`` points. `
 traces over n processes run side by side (one thread each); ``--stored-only`` then reports on every trace
 whose points are all stored, computing nothing new (rules whose points lie on the grid only).
 
-    python -m benchmarks.bench_ig_steps --set study --run-dir runs/igbench-study --traces 8
-    python -m benchmarks.bench_ig_steps --set r1 --traces 20 --max-trace-tokens 128 --rules riemann_right,riemann_trapezoid
+    python -m benchmarks.bench_ig_steps --set study --run-dir runs/igbench-study --traces 3 --rules riemann_right,riemann_trapezoid,simpson
+    python -m benchmarks.bench_ig_steps --set r1 --traces 20 --rules riemann_right,riemann_trapezoid,simpson --shard 0/2  # and 1/2
+    python -m benchmarks.bench_ig_steps --set r1 --traces 20 --rules riemann_right,riemann_trapezoid,simpson --stored-only
 """
 from __future__ import annotations
 
@@ -87,13 +88,12 @@ def load(which: str, n: int, run_dir: Path, max_trace_tokens: int):
 class PointStore:
     """A trace's evaluated points (alpha -> F, products) and the seconds they took, saved atomically."""
 
-    def __init__(self, path: Path, n_tokens: int):
+    def __init__(self, path: Path):
         self.path, self.points, self.seconds = path, {}, 0.0
         if path.exists():
             d = np.load(path)
             self.points = {float(a): (float(f), p) for a, f, p in zip(d["alphas"], d["f"], d["products"])}
             self.seconds = float(d["seconds"])
-        self.n_tokens = n_tokens
 
     def save(self) -> None:
         alphas = sorted(self.points)
@@ -118,12 +118,13 @@ class PointStore:
 
 def measure(model, tok, tid: str, al, out: Path, rules: list[str], tolerance: float, max_steps: int) -> dict:
     """One trace: the reference, each auto rule and each fixed J, with gap, points and agreement."""
-    store = PointStore(out / f"{tid}.npz", len(al.input_ids))
+    store = PointStore(out / f"{tid}.npz")
     with open_path(model, al.input_ids, al.answer_positions, al.token_segment >= 0, tok.pad_token_id) as path:
         sample = store.sampler(path)
         grid = np.arange(GRID + 1) / GRID
         f_grid, p_grid = sample(grid)
         ends = dict(zip((0.0, 1.0), (f_grid[0], f_grid[-1])))
+
         def ends_of(known):
             return ends[0.0], ends[1.0]
 
