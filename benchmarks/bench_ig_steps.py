@@ -41,8 +41,9 @@ from attribution.alignment import align
 from attribution.integrated_gradients import auto_levels, integration_points, open_path, refine
 from attribution.segments import segments_from_spans, split_segments
 from attribution.selection import segment_scores
-from common.config import ANSWER_SUFFIX, AUTO_RULES
+from common.config import ANSWER_SUFFIX, AUTO_RULES, SelectionArguments
 from data.prompts import attribution_text
+from eval.metrics import wilson_interval
 
 from .bench_attribution import TRACES, selected
 
@@ -50,7 +51,8 @@ ROOT = Path(__file__).resolve().parent.parent
 GRID = 512  # the reference's intervals: 513 points j/512
 CHUNK = 32  # points between two saves of a trace's store
 FIXED = (16, 50)  # eq. 2 at a fixed J: the study's and the paper's
-TAU, BETA, MARGIN = 0.7, 0.8, 0.01  # the paper's selector, and how close to its thresholds a segment is "at" one
+TAU, BETA = SelectionArguments().tau, SelectionArguments().beta  # the paper's selector's (bench_attribution.selected)
+MARGIN = 0.01  # how close to a threshold a segment is "at" it
 
 
 def load(which: str, n: int, run_dir: Path, max_trace_tokens: int):
@@ -172,6 +174,11 @@ def _at_threshold(ig, al, margin: float = MARGIN) -> np.ndarray:
     return near_tau | (np.abs(scores.consistency - BETA) <= margin)
 
 
+def _share(k: int, n: int) -> str:
+    lo, hi = wilson_interval(k, n)
+    return f"{k}/{n} ({100 * k / max(n, 1):.0f}%, {100 * lo:.0f}-{100 * hi:.0f}%)"
+
+
 def _q(x, q) -> float:
     return float(np.quantile(np.asarray(x, dtype=np.float64), q))
 
@@ -189,9 +196,11 @@ def report(which: str, rows: list[dict], tolerance: float) -> str:
              f"{100 * np.mean(p < 0.5):.0f}% below 0.5",
              f"- {np.mean([r['s_per_point'] for r in rows]):.2f} s per point on average "
              f"({min(r['s_per_point'] for r in rows):.2f}-{max(r['s_per_point'] for r in rows):.2f} over the traces)", "",
+             "Shares carry 95% Wilson intervals; a trace's segments are counted as independent, so the segment "
+             "intervals are narrower than the traces alone support.", "",
              f"| IG | points per trace: mean (90th pct, max) | total points | converged (tolerance {tolerance:g}) | "
              "gap: median (90th pct, max) | token IG's L1 error vs the reference: median (max) | seconds "
-             f"| middle segments as the reference (differing ones at a threshold, within {MARGIN}) | traces with its selection |",
+             f"| middle segments as the reference; of the differing, at a threshold (within {MARGIN}) | traces with its selection |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name in rows[0]["runs"]:
         rs = [r["runs"][name] for r in rows]
@@ -199,11 +208,11 @@ def report(which: str, rows: list[dict], tolerance: float) -> str:
         same = sum(x["middle_same"] for x in rs)
         unconverged = [r["id"] for r, x in zip(rows, rs) if not x["converged"]]
         lines.append(f"| {name} | {np.mean(pts):.1f} ({_q(pts, 0.9):.0f}, {max(pts)}) | {sum(pts)} | "
-                     f"{len(rows) - len(unconverged)}/{len(rows)} | {np.median(g):.3f} ({_q(g, 0.9):.3f}, {max(g):.3f}) | "
+                     f"{_share(len(rows) - len(unconverged), len(rows))} | {np.median(g):.3f} ({_q(g, 0.9):.3f}, {max(g):.3f}) | "
                      f"{np.median(err):.3f} ({max(err):.3f}) | "
-                     f"{sum(x['seconds'] for x in rs):.0f} | {same}/{middle} ({100 * same / max(middle, 1):.1f}%; "
-                     f"{sum(x['differ_at_threshold'] for x in rs)} of {middle - same}) | "
-                     f"{sum(x['identical'] for x in rs)}/{len(rows)} |")
+                     f"{sum(x['seconds'] for x in rs):.0f} | {_share(same, middle)}; "
+                     f"{sum(x['differ_at_threshold'] for x in rs)} of {middle - same} | "
+                     f"{_share(sum(x['identical'] for x in rs), len(rows))} |")
     for name in (f"J = {j}" for j in FIXED):
         bad = [(r, r["runs"][name]) for r in rows if not r["runs"][name]["converged"]]
         if bad:
