@@ -15,6 +15,12 @@ nothing about the kind; each planted kind has a fixed phrase after it (``MARKERS
 ``planted_counts`` find the kinds in any text, a trained model's answers included. The number of
 planted segments is drawn per trace (0 to ``max_planted``), so the planted share of a trace varies
 from none to most of it. ``plant=False`` gives the clean traces (genuine steps only).
+
+``verbosity="verbose"`` wraps every segment's computation in reasoning prose (``PROSE``), so middle
+segments run to ~60-110 SmolLM2 tokens instead of ~20, as R1's do; kinds, markers, positions and
+computations are those of the short traces, so the ground truth is unchanged. ``tail`` (a format
+string with ``{answer}``) becomes each record's ``completion``: the study trains on the same answer
+tail integrated gradients scores.
 """
 from __future__ import annotations
 
@@ -31,6 +37,36 @@ OPENERS = ("Wait,", "But wait,", "Alternatively,", "However,", "Going back,", "A
 # the phrase after the opener that marks each planted kind (never in a genuine segment)
 MARKERS = {"repeat": "let me redo that:", "verify": "let me double-check:", "abandoned": "I could also try",
            "restatement": "in other words, the result is"}
+VERBOSITIES = ("short", "verbose")
+# verbose traces: a lead before and a follow-up after each segment's content, by kind (one of each drawn);
+# no digit, marker or conclusion in them, so they add length and no information
+PROSE = {
+    "setup": (("let me read the question once more and make sure I understand exactly what it asks before I start "
+               "computing anything, because it is easy to mix up which numbers go where. So",), ("",)),
+    "genuine": (("I should take this one part at a time and be careful with each number, because a slip here would "
+                 "carry through. So I work out",
+                 "the next piece is where the actual arithmetic happens, so let me slow down and write the numbers "
+                 "out in full. I compute",
+                 "let me think about what this part of the calculation needs, since it feeds into what comes next. "
+                 "Written out, I get"),
+                ("That gives me a value I will need in the next step, so I keep it in mind and move on.",
+                 "Good, that part is settled now, and the rest of the solution builds on it.",
+                 "So this piece is done, and I can carry that value forward without changing it.")),
+    "repeat": (("I am not fully sure that I did that computation right, and a slip would carry through, so",),
+               ("Yes, it comes out exactly the same way as the first time, so nothing changes.",
+                "That is the same value I had before, so I did not learn anything new by going through it again.")),
+    "verify": (("before I commit to this, it would be good to check the result by going the other way round and "
+                "seeing whether it fits, so",),
+               ("The check works out, which only confirms the value I already had.",
+                "Everything is consistent, so the result I found earlier was already right.")),
+    "abandoned": (("maybe there is a more direct route that avoids splitting the numbers into parts at all, since it "
+                   "could be quicker and leave less room for a slip. It costs little to look, so",
+                   "there might be a simpler way to see this that does not need the method I am using. I am not sure it "
+                   "will lead anywhere, but",), ("",)),
+    "restatement": (("just to say it again plainly, so that it is completely clear to me before I go on:",),
+                    ("This is simply the same number I already found, said in different words.",
+                     "Nothing new comes from this; it is the value the earlier steps already gave.")),
+}
 
 
 def _tens_and_ones(name: str, item: str, a: int, b: int, sign: int) -> dict:
@@ -85,20 +121,31 @@ def _planted(kind: str, p: dict, step: int) -> str:
     return f"{MARKERS['restatement']} {p['answer']}."
 
 
-def make_trace(p: dict, rng: random.Random, plant: bool = True, max_planted: int = 6) -> tuple[str, list[dict]]:
+def _verbose(body: str, kind: str, rng: random.Random) -> str:
+    """``body`` (a segment's content) inside prose of its ``kind``: lead, body, follow-up (none for an
+    abandoned attempt, which still ends cut off)."""
+    lead, follow = (rng.choice(options) for options in PROSE[kind])
+    return " ".join(part for part in (lead, body, follow) if part)
+
+
+def make_trace(p: dict, rng: random.Random, plant: bool = True, max_planted: int = 6,
+               prose: random.Random | None = None) -> tuple[str, list[dict]]:
     """The trace of problem ``p`` and its per-segment metadata (span, kind). Planted segments sit
     between the first and last segments: an abandoned attempt anywhere there, a repeat after the step
-    it redoes, checks and restatements once the result is known (after the last genuine step)."""
+    it redoes, checks and restatements once the result is known (after the last genuine step).
+    With ``prose`` (a generator of its own, so the structure drawn from ``rng`` is the short trace's),
+    the setup and middle segments are verbose (``PROSE``)."""
     opener = lambda: "\n\n" + rng.choice(OPENERS) + " "  # noqa: E731
-    body = [(opener() + step + ".", "genuine", i) for i, step in enumerate(p["steps"])]
+    body = [(opener(), step + ".", "genuine", i) for i, step in enumerate(p["steps"])]
     if plant:
         for _ in range(rng.randint(0, max_planted)):
             kind, step = rng.choice(PLANTED), rng.randrange(len(p["steps"]))
             after = {"abandoned": -1, "repeat": step}.get(kind, len(p["steps"]) - 1)  # the genuine step it follows
-            first = 0 if after < 0 else next(i for i, b in enumerate(body) if b[2] == after) + 1
-            body.insert(rng.randint(first, len(body)), (opener() + _planted(kind, p, step), kind, None))
-    pieces = [(f"Okay, {p['setup']}.", "genuine"),
-              *((text, kind) for text, kind, _ in body),
+            first = 0 if after < 0 else next(i for i, b in enumerate(body) if b[3] == after) + 1
+            body.insert(rng.randint(first, len(body)), (opener(), _planted(kind, p, step), kind, None))
+    wrap = (lambda text, kind: _verbose(text, kind, prose)) if prose else (lambda text, kind: text)  # noqa: E731
+    pieces = [("Okay, " + wrap(p["setup"] + ".", "setup"), "genuine"),
+              *((op + wrap(text, kind), kind) for op, text, kind, _ in body),
               (f"{opener()}so the final answer is \\boxed{{{p['answer']}}}.", "genuine")]
     trace, meta, at = "", [], 0
     for text, kind in pieces:
@@ -128,18 +175,23 @@ def planted_mask(meta: dict, spans: list[list[int]]) -> list[bool] | None:
 
 
 def generate(n: int, seed: int = 0, split: str = "train", plant: bool = True, max_planted: int = 6,
-             exclude: set[str] = frozenset()) -> list[Record]:
-    """``n`` records with distinct questions, none in ``exclude``; the same arguments give the same records."""
+             exclude: set[str] = frozenset(), verbosity: str = "short", tail: str = "") -> list[Record]:
+    """``n`` records with distinct questions, none in ``exclude``; the same arguments give the same records,
+    and the records of both verbosities share questions, kinds and positions. ``tail`` (with ``{answer}``)
+    is each record's ``completion``."""
+    if verbosity not in VERBOSITIES:
+        raise ValueError(f"verbosity {verbosity!r}: use one of {VERBOSITIES}")
     rng = random.Random(f"{seed}-{split}")
+    prose = random.Random(f"{seed}-{split}-prose") if verbosity == "verbose" else None
     records, seen = [], set(exclude)
     while len(records) < n:
         p = _problem(rng)
         if p["question"] in seen:
             continue
         seen.add(p["question"])
-        trace, segs = make_trace(p, rng, plant, max_planted)
+        trace, segs = make_trace(p, rng, plant, max_planted, prose)
         records.append(Record(f"synth-{split}-{len(records)}", p["question"], trace, str(p["answer"]), "synthetic",
-                              {"segments": segs}))
+                              {"segments": segs}, tail.format(answer=p["answer"])))
     return records
 
 
@@ -154,8 +206,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--split", default="train")
     p.add_argument("--clean", action="store_true", help="genuine steps only, nothing planted")
     p.add_argument("--max-planted", type=int, default=6, help="planted segments per trace are drawn from 0..this")
+    p.add_argument("--verbosity", default="short", choices=VERBOSITIES, help="verbose: segments carry reasoning prose")
     a = p.parse_args(argv)
-    print(write_jsonl(generate(a.n, a.seed, a.split, not a.clean, a.max_planted), a.path))
+    print(write_jsonl(generate(a.n, a.seed, a.split, not a.clean, a.max_planted, verbosity=a.verbosity), a.path))
 
 
 if __name__ == "__main__":

@@ -234,3 +234,45 @@ def test_synthetic_planted_share_openers_and_disjoint_splits():
     spans = [[m["start"], m["end"]] for m in recs[1].meta["segments"]]
     assert synthetic.planted_mask(recs[1].meta, spans) == [m["kind"] != "genuine" for m in recs[1].meta["segments"]]
     assert synthetic.planted_mask(recs[1].meta, [[0, len(recs[1].trace)]]) is None and synthetic.planted_mask({}, spans) is None
+
+
+def test_verbose_traces_keep_the_short_ones_ground_truth(smol_tok):
+    """A verbose trace is its short twin with prose around each segment: the same question, answer, kinds,
+    planted computations and markers; the prose holds no digit or marker; middle segments run to a median
+    of >= 60 SmolLM2 tokens (short: ~20). ``tail`` becomes the completion."""
+    import re
+
+    from data import synthetic
+
+    short = synthetic.generate(30, seed=5)
+    verbose = synthetic.generate(30, seed=5, verbosity="verbose", tail="</think> \\boxed{{{answer}}}")
+    middle = []
+    for s, v in zip(short, verbose):
+        assert (s.question, s.answer) == (v.question, v.answer) and v.completion == f"</think> \\boxed{{{v.answer}}}"
+        assert [m["kind"] for m in s.meta["segments"]] == [m["kind"] for m in v.meta["segments"]]
+        assert synthetic.planted_counts(v.trace) == synthetic.planted_counts(s.trace)
+        for ms, mv in zip(s.meta["segments"], v.meta["segments"]):
+            short_text, verbose_text = s.trace[ms["start"]:ms["end"]], v.trace[mv["start"]:mv["end"]]
+            # every number of the short segment is in the verbose one, and no other
+            assert re.findall(r"\d+", short_text) == re.findall(r"\d+", verbose_text)
+        middle += [len(smol_tok(v.trace[m["start"]:m["end"]])["input_ids"]) for m in v.meta["segments"][1:-1]]
+        assert "".join(v.trace[m["start"]:m["end"]] for m in v.meta["segments"]) == v.trace
+    assert np.median(middle) >= 60
+    for lead, follow in synthetic.PROSE.values():
+        for text in lead + follow:
+            assert not re.search(r"\d", text) and not any(m in text for m in synthetic.MARKERS.values())
+    with pytest.raises(ValueError, match="verbosity"):
+        synthetic.generate(1, verbosity="long")
+
+
+def test_study_trains_on_exactly_the_text_ig_scores(smol_tok):
+    """With the IG suffix as the records' tail, a training text is the IG text plus EOS (validity gate a)."""
+    from common.config import ANSWER_SUFFIX
+    from data import synthetic
+    from data.prompts import attribution_text, training_text
+
+    smol_tok.chat_template = open("recipes/study/chatml.jinja").read()
+    for rec in synthetic.generate(3, seed=2, tail=ANSWER_SUFFIX):
+        ig = attribution_text(smol_tok, rec.question, rec.trace, rec.answer, ANSWER_SUFFIX)
+        trained = training_text(smol_tok, rec.question, rec.trace, rec.completion)
+        assert trained.text == ig.text + smol_tok.eos_token
