@@ -36,17 +36,34 @@ def completes_answer(completion: str, answer: str) -> bool:
 
 
 @torch.no_grad()
+def sample_continuations(model, ids: torch.Tensor, n_new: int, samples: int, seed: int,
+                         temperature: float = 0.6) -> tuple[torch.Tensor, torch.Tensor]:
+    """``samples`` continuations of ``n_new`` tokens of ``ids`` (1, T) at ``temperature`` (top-p 1): the
+    prompt is run once and its key/value cache shared by the samples, so M samples cost M short decodes,
+    not M prefills. Returns the tokens (samples, n_new) and the log-prob each had when drawn."""
+    out = model(input_ids=ids, use_cache=True)
+    cache, logits = out.past_key_values, out.logits[:, -1].float().expand(samples, -1)
+    cache.batch_repeat_interleave(samples)
+    generator = torch.Generator(device=ids.device).manual_seed(seed)
+    tokens, logps = [], []
+    for step in range(n_new):
+        logp = torch.log_softmax(logits / temperature, dim=-1)
+        token = torch.multinomial(logp.exp(), 1, generator=generator)  # (samples, 1)
+        tokens.append(token)
+        logps.append(logp.gather(-1, token))
+        if step + 1 < n_new:
+            logits = model(input_ids=token, past_key_values=cache, use_cache=True).logits[:, -1].float()
+    return torch.cat(tokens, dim=1), torch.cat(logps, dim=1)
+
+
 def sampled_confidence(model, tokenizer, head: str, answer: str, samples: int, seed: int) -> float:
     """Share of ``samples`` completions of ``head`` (ending in the forced "\\boxed{") at t = 0.6 that
-    state the gold answer (:func:`completes_answer`)."""
+    state the gold answer (:func:`completes_answer`); a completion ends at its first EOS."""
     device = next(model.parameters()).device
     ids = torch.tensor([tokenizer(head, add_special_tokens=False)["input_ids"]], device=device)
-    n_answer = len(tokenizer(answer + "}", add_special_tokens=False)["input_ids"])
-    torch.manual_seed(seed)
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=0.6, top_p=1.0, top_k=0,
-                         max_new_tokens=n_answer + 4, num_return_sequences=samples,
-                         pad_token_id=tokenizer.pad_token_id)
-    texts = tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+    n_new = len(tokenizer(answer + "}", add_special_tokens=False)["input_ids"]) + 4
+    rows, eos = sample_continuations(model, ids, n_new, samples, seed)[0].tolist(), tokenizer.eos_token_id
+    texts = [tokenizer.decode(row[: row.index(eos)] if eos in row else row, skip_special_tokens=True) for row in rows]
     return float(np.mean([completes_answer(t, answer) for t in texts]))
 
 

@@ -18,8 +18,23 @@ from data.records import LoadReport, Record
 from . import attributions
 from .alignment import align
 from .features import segment_features
-from .integrated_gradients import integrated_gradients
+from .integrated_gradients import integrated_gradients, open_path
 from .segments import split_segments
+
+
+def _ig_text(tokenizer, rec: Record, segs, traces: TracesArguments, cfg: AttributionArguments):
+    """The text IG explains (prompt + trace + forced answer suffix) and its tokens aligned to ``segs``."""
+    pt = attribution_text(tokenizer, rec.question, rec.trace, rec.answer, cfg.ig_answer_suffix, traces.system_prompt)
+    return pt, align(tokenizer, pt, segs)
+
+
+def target_logprob(model, tokenizer, rec: Record, traces: TracesArguments, cfg: AttributionArguments) -> float:
+    """F(x) of IG on ``rec`` without integrating: the gold answer's summed log-prob at the IG target
+    (one forward; how well the attribution model knows the answer it is asked to explain)."""
+    segs = split_segments(rec.trace, traces.keyword_list)
+    _, al = _ig_text(tokenizer, rec, segs, traces, cfg)
+    with open_path(model, al.input_ids, al.answer_positions) as path:
+        return path.ends({})[1]
 
 
 def attribute_record(model, tokenizer, rec: Record, traces: TracesArguments, cfg: AttributionArguments) -> dict:
@@ -32,8 +47,7 @@ def attribute_record(model, tokenizer, rec: Record, traces: TracesArguments, cfg
     if not rec.answer:
         why = "trace cut off before </think>" if rec.meta.get("truncated") else "no gold answer"
         return {**row, "status": "skipped", "reason": f"answer missing ({why})"}
-    pt = attribution_text(tokenizer, rec.question, rec.trace, rec.answer, cfg.ig_answer_suffix, traces.system_prompt)
-    al = align(tokenizer, pt, segs)
+    pt, al = _ig_text(tokenizer, rec, segs, traces, cfg)
     if len(al.input_ids) > cfg.ig_max_length:
         return {**row, "status": "skipped", "reason": f"over length ({len(al.input_ids)} > ig_max_length {cfg.ig_max_length})"}
     t0 = time.perf_counter()

@@ -69,3 +69,19 @@ def test_sampled_confidence_gain(tiny_tok, tiny_qwen2):
     again = segment_features(tiny_qwen2, tiny_tok, prompt, texts, rec.answer, ["confidence_gain"], ANSWER_SUFFIX,
                              confidence_samples=m, seed=1)
     np.testing.assert_array_equal(gains, again["confidence_gain"])  # seeded
+
+
+def test_shared_cache_sampling_matches_full_forwards(tiny_tok, tiny_qwen2):
+    """The samples share the prompt's key/value cache: each drawn token's log-prob, as sampled, equals the
+    one a full forward over prompt + the row's earlier tokens gives (at t = 0.6)."""
+    from attribution.features import sample_continuations
+
+    ids = torch.tensor([tiny_tok("Some prompt to continue from", add_special_tokens=False)["input_ids"]])
+    tokens, logps = sample_continuations(tiny_qwen2, ids, n_new=5, samples=6, seed=3)
+    assert tokens.shape == logps.shape == (6, 5)
+    with torch.no_grad():
+        full = torch.log_softmax(tiny_qwen2(input_ids=torch.cat([ids.expand(6, -1), tokens], 1)).logits.float() / 0.6, -1)
+    direct = full[:, ids.shape[1] - 1:-1].gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(logps, direct, atol=1e-4, rtol=1e-4)
+    again = sample_continuations(tiny_qwen2, ids, n_new=5, samples=6, seed=3)[0]
+    assert torch.equal(tokens, again) and len({tuple(r) for r in tokens.tolist()}) > 1  # seeded, and rows differ

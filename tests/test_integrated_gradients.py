@@ -248,3 +248,15 @@ def test_killed_mid_trace_resumes_identical_rows(tmp_path):
 
     whole, resumed = rows("whole"), rows("killed")
     assert [r["id"] for r in resumed] == [r["id"] for r in whole] and resumed == whole
+
+
+def test_target_logprob_is_igs_f_of_the_input(tiny_tok, tiny_qwen2):
+    """Gate a's probability comes from the very target IG integrates: F(x) of attribute_record's row."""
+    from attribution.runner import attribute_record, target_logprob
+    from common.config import AttributionArguments, TracesArguments
+    from data import synthetic
+
+    rec = synthetic.generate(2, seed=6)[1]
+    traces, cfg = TracesArguments(), AttributionArguments(ig_steps=2)
+    row = attribute_record(tiny_qwen2, tiny_tok, rec, traces, cfg)
+    assert target_logprob(tiny_qwen2, tiny_tok, rec, traces, cfg) == pytest.approx(row["f_input"], abs=1e-5)
