@@ -44,39 +44,44 @@ def segment_classes(norm_strength, consistency, tau: float, beta: float) -> tupl
     return 2 * (~high) + consistent, high & ~consistent
 
 
-def class_means(values, classes) -> dict[str, tuple[float, int]]:
-    """Mean of ``values`` per segment class, with the number of segments: {class: (mean, n)}."""
+def class_means(values, classes) -> dict[str, tuple[float | None, int]]:
+    """Mean of ``values`` per segment class, with the number of segments: {class: (mean or None, n)}."""
     values, classes = np.asarray(values, dtype=float), np.asarray(classes)
-    return {name: (float(values[classes == i].mean()) if np.any(classes == i) else float("nan"), int(np.sum(classes == i)))
+    return {name: (float(values[classes == i].mean()) if np.any(classes == i) else None, int(np.sum(classes == i)))
             for i, name in enumerate(CLASSES)}
 
 
 def search(traces: list[dict], taus, betas, top_share: float = 0.1) -> list[dict]:
     """The tau/beta grid over ``traces`` (each with per-segment ``norm_strength``, ``consistency``,
-    ``gain`` and ``tokens``): shares of segments and tokens important, the mean confidence gain of
-    important minus unimportant segments, and the false-negative rate (of the ``top_share`` segments
-    with the highest gain, pooled over traces, the share the split calls unimportant)."""
-    gain = np.concatenate([t["gain"] for t in traces])
-    tokens = np.concatenate([t["tokens"] for t in traces])
+    ``gain``, ``tokens`` and optionally ``counted``, the segments compared; default all): shares of
+    counted segments and tokens important, the mean confidence gain of important minus unimportant
+    segments (None when a side is empty), and the false-negative rate (of the ``top_share`` counted
+    segments with the highest gain, pooled over traces, the share the split calls unimportant)."""
+    counted = [np.asarray(t.get("counted", np.ones(len(t["gain"]), dtype=bool))) for t in traces]
+    gain = np.concatenate([t["gain"][c] for t, c in zip(traces, counted)])
+    tokens = np.concatenate([t["tokens"][c] for t, c in zip(traces, counted)])
     top = gain >= np.quantile(gain, 1 - top_share)
     rows = []
     for tau in taus:
         for beta in betas:
-            imp = np.concatenate([segment_classes(t["norm_strength"], t["consistency"], tau, beta)[1] for t in traces])
-            gap = gain[imp].mean() - gain[~imp].mean() if imp.any() and (~imp).any() else float("nan")
+            imp = np.concatenate([segment_classes(t["norm_strength"], t["consistency"], tau, beta)[1][c]
+                                  for t, c in zip(traces, counted)])
+            gap = float(gain[imp].mean() - gain[~imp].mean()) if imp.any() and (~imp).any() else None
             rows.append({"tau": tau, "beta": beta, "segments": float(imp.mean()), "tokens": float(tokens[imp].sum() / tokens.sum()),
-                         "gain_gap": float(gap), "false_negative_rate": float(np.mean(~imp[top]))})
+                         "gain_gap": gap, "false_negative_rate": float(np.mean(~imp[top]))})
     return rows
 
 
-def greedy_tau(rows: list[dict], beta: float) -> float | None:
-    """Our reading of the paper's greedy choice: at ``beta``, raise tau along the grid while the gain
-    gap of important over unimportant segments still grows; the tau where it stops."""
-    line = sorted((r for r in rows if r["beta"] == beta and not np.isnan(r["gain_gap"])), key=lambda r: r["tau"])
+def greedy(rows: list[dict], vary: str, fixed: dict) -> float | None:
+    """Our reading of the paper's greedy choice (Fig. 4): along the grid of ``vary`` ("tau" or "beta")
+    with the other key at ``fixed``, raise it while the gain gap of important over unimportant segments
+    still grows; the value where it stops (None when no gap is defined)."""
+    line = sorted((r for r in rows if all(r[k] == v for k, v in fixed.items()) and r["gain_gap"] is not None),
+                  key=lambda r: r[vary])
     for a, b in zip(line, line[1:]):
         if b["gain_gap"] <= a["gain_gap"]:
-            return a["tau"]
-    return line[-1]["tau"] if line else None
+            return a[vary]
+    return line[-1][vary] if line else None
 
 
 def bleu_vs_preceding(texts: list[str]) -> np.ndarray:

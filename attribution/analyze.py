@@ -96,9 +96,14 @@ def _plot(path: Path, draw) -> str:
     return path.name
 
 
-def _mean(values) -> float:
+def _mean(values) -> float | None:
+    """The mean of the defined values; None (null in the summary, never NaN) when there is none."""
     values = np.asarray([v for v in values if v is not None and not np.isnan(v)], dtype=float)
-    return float(values.mean()) if len(values) else float("nan")
+    return float(values.mean()) if len(values) else None
+
+
+def _fmt(x, spec: str = ".3f") -> str:
+    return "-" if x is None else format(x, spec)
 
 
 class _Run:
@@ -116,6 +121,9 @@ class _Run:
         self.split = {t["id"]: analysis.segment_classes(t["norm_strength"], t["consistency"], self.cfg.analysis_tau,
                                                         self.cfg.analysis_beta) for t in self.traces}
         self.thresholds = f"tau {self.cfg.analysis_tau}, beta {self.cfg.analysis_beta}"
+        # the segments the comparisons count: all, or without the ends every selector keeps (Sec. 3)
+        self.counted = {t["id"]: np.arange(len(t["texts"])) % max(len(t["texts"]) - 1, 1) != 0
+                        if self.cfg.analysis_exclude_ends else np.ones(len(t["texts"]), dtype=bool) for t in self.traces}
         self._model, self._tokenizer = model, tokenizer
 
     def lm(self):
@@ -136,7 +144,12 @@ class _Run:
                                 self.recipe.traces.system_prompt).prompt
 
     def important(self) -> np.ndarray:
-        return np.concatenate([self.split[t["id"]][1] for t in self.traces])
+        """Important (eq. 7 at the analysis thresholds) per counted segment, over all traces."""
+        return np.concatenate([self.split[t["id"]][1][self.counted[t["id"]]] for t in self.traces])
+
+    def pooled(self, per_trace: dict) -> np.ndarray:
+        """``per_trace`` (id -> per-segment values) on the counted segments, over all traces."""
+        return np.concatenate([np.asarray(per_trace[t["id"]], dtype=float)[self.counted[t["id"]]] for t in self.traces])
 
     def items(self) -> list[tuple]:
         return [(t["id"], t) for t in self.traces]
@@ -155,6 +168,11 @@ def _gains(run: _Run) -> dict[str, np.ndarray]:
 
     rows = _per_trace(run.out / "confidence.jsonl", run.items(), gain, "confidence")
     return {rid: np.asarray(r["gain"]) for rid, r in rows.items()}
+
+
+def load_gains(analysis_dir: str | Path) -> dict[str, np.ndarray]:
+    """id -> per-segment confidence gain of a finished ``confidence`` step (every segment, in order)."""
+    return {r["id"]: np.asarray(r["gain"], dtype=float) for r in JsonlStore(Path(analysis_dir) / "confidence.jsonl", key="id").rows()}
 
 
 def _redundancy(run: _Run) -> tuple[dict, list[str]]:
@@ -177,14 +195,14 @@ def _redundancy(run: _Run) -> tuple[dict, list[str]]:
                                if r["status"] == "ok"]
     red = {}
     for name, group in groups.items():
-        curve = np.mean([analysis.cumulative_curve(s) for s, _ in group], axis=0) if group else np.full(10, np.nan)
+        curve = np.mean([analysis.cumulative_curve(s) for s, _ in group], axis=0) if group else None
         red[name] = {"traces": len(group), "segments": _mean([len(s) for s, _ in group]),
-                     "tokens": _mean([tok.sum() for _, tok in group]), "curve": curve.tolist(),
-                     "share_of_segments_for_80pct": analysis.reach(curve, 0.8) if group else float("nan")}
+                     "tokens": _mean([tok.sum() for _, tok in group]), "curve": None if curve is None else curve.tolist(),
+                     "share_of_segments_for_80pct": analysis.reach(curve, 0.8) if group else None}
     grid = np.arange(1, 11) / 10
 
     def draw(ax):
-        for name, r in red.items():
+        for name, r in ((n, r) for n, r in red.items() if r["curve"] is not None):
             ax.plot(grid, r["curve"], marker="o", label=f"{name} ({r['traces']})")
             ax.axvline(r["share_of_segments_for_80pct"], ls=":", lw=1)
         ax.axhline(0.8, ls="--", color="grey", lw=1)
@@ -193,29 +211,30 @@ def _redundancy(run: _Run) -> tuple[dict, list[str]]:
 
     report = ["## 1. Redundancy (Fig. 1)", "", "| responses | traces | segments | tokens | segments holding 80% of strength |",
               "|---|---|---|---|---|"]
-    report += [f"| {n} | {r['traces']} | {r['segments']:.1f} | {r['tokens']:.0f} | {100 * r['share_of_segments_for_80pct']:.0f}% |"
-               for n, r in red.items()]
+    report += [f"| {n} | {r['traces']} | {_fmt(r['segments'], '.1f')} | {_fmt(r['tokens'], '.0f')} | "
+               f"{_fmt(r['share_of_segments_for_80pct'] and 100 * r['share_of_segments_for_80pct'], '.0f')}% |" for n, r in red.items()]
     if not wrong:
         report += ["", "No record carries a shortest incorrect response (`python -m eval.self_generate` writes them)."]
     return red, report + ["", f"![]({_plot(run.out / 'redundancy.png', draw)})", ""]
 
 
 def _confidence(run: _Run, gains: dict[str, np.ndarray]) -> tuple[dict, list[str]]:
-    classes = np.concatenate([run.split[t["id"]][0] for t in run.traces])
-    g = np.concatenate([gains[t["id"]] for t in run.traces])
+    classes = run.pooled({t["id"]: run.split[t["id"]][0] for t in run.traces})
+    g = run.pooled(gains)
     important = run.important()
     by_class = analysis.class_means(g, classes)
     samples = run.cfg.analysis_confidence_samples
     result = {"by_class": by_class, "important": _mean(g[important]), "unimportant": _mean(g[~important]),
-              "estimate": f"{samples} samples" if samples else "log-prob"}
-    report = [f"## 2. Confidence gain by segment class (Figs. 2, 4; {run.thresholds})", "",
+              "estimate": f"{samples} samples" if samples else "log-prob", "ends_excluded": run.cfg.analysis_exclude_ends}
+    report = [f"## 2. Confidence gain by segment class (Figs. 2, 4; {run.thresholds}"
+              f"{'; first and last segments left out' if run.cfg.analysis_exclude_ends else ''})", "",
               "| class | segments | mean gain |", "|---|---|---|"]
-    report += [f"| {c} | {n} | {m:.3f} |" for c, (m, n) in by_class.items()]
-    report += [f"| important | {int(important.sum())} | {result['important']:.3f} |",
-               f"| unimportant | {int((~important).sum())} | {result['unimportant']:.3f} |"]
+    report += [f"| {c} | {n} | {_fmt(m)} |" for c, (m, n) in by_class.items()]
+    report += [f"| important | {int(important.sum())} | {_fmt(result['important'])} |",
+               f"| unimportant | {int((~important).sum())} | {_fmt(result['unimportant'])} |"]
 
     def draw(ax):
-        ax.bar(range(4), [m for m, _ in by_class.values()])
+        ax.bar(range(4), [0.0 if m is None else m for m, _ in by_class.values()])
         ax.set_xticks(range(4), ["high S\nmoderate C", "high S\nhigh C", "low S\nmoderate C", "low S\nhigh C"])
         ax.set(ylabel="mean confidence gain")
 
@@ -224,15 +243,18 @@ def _confidence(run: _Run, gains: dict[str, np.ndarray]) -> tuple[dict, list[str
 
 def _search(run: _Run, gains: dict[str, np.ndarray]) -> tuple[dict, list[str]]:
     cfg = run.cfg
-    rows = analysis.search([{**t, "gain": gains[t["id"]]} for t in run.traces], cfg.analysis_taus, cfg.analysis_betas)
-    tau_star = analysis.greedy_tau(rows, cfg.analysis_beta)
+    rows = analysis.search([{**t, "gain": gains[t["id"]], "counted": run.counted[t["id"]]} for t in run.traces],
+                           cfg.analysis_taus, cfg.analysis_betas)
+    tau_star = analysis.greedy(rows, "tau", {"beta": cfg.analysis_beta})
+    beta_star = analysis.greedy(rows, "beta", {"tau": tau_star})
     report = ["## 3. tau / beta search (Fig. 4, App. D)", "",
               "| tau | beta | segments important | tokens important | gain gap (important - unimportant) | false-negative rate |",
               "|---|---|---|---|---|---|"]
-    report += [f"| {r['tau']} | {r['beta']} | {100 * r['segments']:.0f}% | {100 * r['tokens']:.0f}% | {r['gain_gap']:.3f} | "
+    report += [f"| {r['tau']} | {r['beta']} | {100 * r['segments']:.0f}% | {100 * r['tokens']:.0f}% | {_fmt(r['gain_gap'])} | "
                f"{100 * r['false_negative_rate']:.0f}% |" for r in rows]
-    report += ["", f"Greedy tau* at beta {cfg.analysis_beta}: {tau_star} (tau rises while the gain gap grows).", ""]
-    return {"grid": rows, "greedy_tau": tau_star}, report
+    report += ["", f"Greedy search (Fig. 4): tau* = {tau_star} at beta {cfg.analysis_beta}, then beta* = {beta_star} at "
+                   f"tau* (each rises along its grid while the gain gap grows).", ""]
+    return {"grid": rows, "greedy_tau": tau_star, "greedy_beta": beta_star}, report
 
 
 def _linguistic(run: _Run) -> tuple[dict, list[str]]:
@@ -244,17 +266,17 @@ def _linguistic(run: _Run) -> tuple[dict, list[str]]:
 
     rows = _per_trace(run.out / "linguistic.jsonl", run.items(), stats, "linguistic")
     important = run.important()
-    values = {k: np.concatenate([np.asarray(rows[t["id"]][k], dtype=float) for t in run.traces]) for k in ("nll", "entropy", "bleu")}
+    values = {k: run.pooled({i: r[k] for i, r in rows.items()}) for k in ("nll", "entropy", "bleu")}
     scored = ~np.isnan(values["bleu"])  # the first segment of a trace has nothing before it
     result = {side: {"log_perplexity": _mean(values["nll"][mask]), "entropy": _mean(values["entropy"][mask]),
                      "bleu": _mean(values["bleu"][mask]),
                      "share_bleu_over_0.8": float(np.mean(values["bleu"][mask & scored] > 0.8)) if np.any(mask & scored)
-                     else float("nan")}
+                     else None}
               for side, mask in (("important", important), ("unimportant", ~important))}
     report = [f"## 4. Linguistic profile (Fig. 3; {run.thresholds})", "",
               "| segments | log perplexity | entropy | BLEU vs earlier segments | BLEU > 0.8 |", "|---|---|---|---|---|"]
-    report += [f"| {s} | {v['log_perplexity']:.3f} | {v['entropy']:.3f} | {v['bleu']:.3f} | {100 * v['share_bleu_over_0.8']:.0f}% |"
-               for s, v in result.items()]
+    report += [f"| {s} | {_fmt(v['log_perplexity'])} | {_fmt(v['entropy'])} | {_fmt(v['bleu'])} | "
+               f"{_fmt(v['share_bleu_over_0.8'] and 100 * v['share_bleu_over_0.8'], '.0f')}% |" for s, v in result.items()]
 
     def draw(ax):
         for side, mask in (("important", important), ("unimportant", ~important)):
@@ -339,6 +361,6 @@ def analyze(recipe: Recipe, records: list[Record], model=None, tokenizer=None, j
         if name in steps:
             summary[name], lines = step()
             report += lines
-    (run.out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+    (run.out / "summary.json").write_text(json.dumps(summary, indent=1, default=float, allow_nan=False))
     (run.out / "report.md").write_text("\n".join(report) + "\n")
     return summary

@@ -286,6 +286,9 @@ class AnalysisArguments:
         "help": "the tau grid of the search step"})
     analysis_betas: list[float] = field(default_factory=lambda: [0.6, 0.7, 0.8, 0.9, 0.95, 1.0], metadata={
         "help": "the beta grid of the search step"})
+    analysis_exclude_ends: bool = field(default=True, metadata={
+        "help": "leave the first and last segments (kept by every selector) out of the important/unimportant "
+                "comparisons and the tau/beta search, as Sec. 3 measures"})
     analysis_confidence_samples: int = field(default=0, metadata={
         "help": "confidence of the answer after each segment: 0 = forced-answer log-prob (cheap, deterministic); "
                 "M = share of M answers sampled at t=0.6 that state it (Sec. 3.1: 32)"})
@@ -306,12 +309,26 @@ class StudyArguments:
 
     RUN_ONLY: ClassVar[tuple[str, ...]] = ()
 
-    study_n_train: int = field(default=40, metadata={"help": "students' training traces (planted redundancy)"})
+    study_n_train: int = field(default=40, metadata={"help": "students' training traces: the first of the short benchmark traces"})
+    study_n_bench: int = field(default=48, metadata={
+        "help": "short-regime benchmark traces (planted redundancy); those after study_n_train are the held-out "
+                "traces of the tau/beta search, which no student trains or is tested on"})
+    study_n_verbose: int = field(default=16, metadata={
+        "help": "verbose-regime benchmark traces: the first short ones' questions and planted segments, with prose"})
+    study_n_base: int = field(default=16, metadata={"help": "short benchmark traces the base model attributes too"})
     study_n_eval: int = field(default=80, metadata={"help": "held-out questions every model answers"})
-    study_n_attributor: int = field(default=64, metadata={
+    study_n_gate: int = field(default=24, metadata={
+        "help": "held-out clean traces per verbosity on which gate a measures P(gold answer) at the IG target"})
+    study_n_attributor: int = field(default=128, metadata={
         "help": "clean traces (questions disjoint from the students') the attribution model is fine-tuned on"})
     study_attributor_epochs: float = 3.0
     study_max_planted: int = field(default=6, metadata={"help": "planted segments per trace are drawn from 0..this"})
+    study_min_probability: float = field(default=0.5, metadata={
+        "help": "gate a: the attribution model's mean P(gold answer) at the IG target on held-out clean traces"})
+    study_min_accuracy: float = field(default=0.8, metadata={
+        "help": "gate c: the attribution model's greedy accuracy on the held-out questions"})
+    study_max_unconverged: float = field(default=0.2, metadata={
+        "help": "gate b: the most a benchmark run may leave unconverged (those are named and left out of it)"})
     study_seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={
         "help": "training seeds of the main rows (full CoT, oracle, paper, random)"})
     study_other_seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "training seeds of the other rows"})

@@ -22,10 +22,10 @@ def test_segment_classes_from_hand_scores():
     assert classes.tolist() == [0, 1, 2, 2] and important.tolist() == [True, False, False, False]
     means = analysis.class_means([1.0, 2.0, 3.0, 5.0], classes)
     assert means == {analysis.CLASSES[0]: (1.0, 1), analysis.CLASSES[1]: (2.0, 1), analysis.CLASSES[2]: (4.0, 2),
-                     analysis.CLASSES[3]: (pytest.approx(np.nan, nan_ok=True), 0)}
+                     analysis.CLASSES[3]: (None, 0)}  # an empty cell is None (null), never NaN
 
 
-def test_search_and_greedy_tau_by_hand():
+def test_search_and_greedy_by_hand():
     """Two traces, four segments each. At tau 0.8, beta 0.95 the important segments are 0 of the first
     trace and 0, 1 of the second: 3 of 8 segments, (10 + 10 + 20) of 100 tokens; mean gain important
     (2 + 1 + 1) / 3, unimportant (0 + 0 + 0 + 3 + 0) / 5; the top 10% gain (3.0) is unimportant: FNR 1."""
@@ -36,9 +36,17 @@ def test_search_and_greedy_tau_by_hand():
     (row,) = analysis.search([trace, other], [0.8], [0.95])
     assert row["segments"] == 3 / 8 and row["tokens"] == pytest.approx(40 / 90)
     assert row["gain_gap"] == pytest.approx(4 / 3 - 3 / 5) and row["false_negative_rate"] == 1.0
+    # the ends left out (counted): trace 1 keeps segments 1, 2 (neither important), trace 2 keeps 1 (important), 2
+    (mid,) = analysis.search([{**t, "counted": np.array([False, True, True, False])} for t in (trace, other)], [0.8], [0.95])
+    assert mid["segments"] == 1 / 4 and mid["tokens"] == pytest.approx(20 / 50)
+    assert mid["gain_gap"] == pytest.approx(1 - 3 / 3) and mid["false_negative_rate"] == 1.0  # top gain 3.0: unimportant
     rows = [{"tau": t, "beta": 0.9, "gain_gap": g} for t, g in ((0.5, 0.1), (0.6, 0.3), (0.7, 0.2), (0.8, 0.5))]
-    assert analysis.greedy_tau(rows, 0.9) == 0.6 and analysis.greedy_tau(rows[:2], 0.9) == 0.6
-    assert analysis.greedy_tau(rows, 0.5) is None
+    rows += [{"tau": 0.6, "beta": b, "gain_gap": g} for b, g in ((0.8, 0.2), (0.95, 0.4), (1.0, 0.1))]
+    assert analysis.greedy(rows, "tau", {"beta": 0.9}) == 0.6 and analysis.greedy(rows[:2], "tau", {"beta": 0.9}) == 0.6
+    # then beta at tau* = 0.6: 0.2 (beta 0.8) -> 0.3 (0.9) -> 0.4 (0.95) -> 0.1 (1.0): stops at 0.95
+    assert analysis.greedy(rows, "beta", {"tau": 0.6}) == 0.95
+    assert analysis.greedy(rows, "tau", {"beta": 0.5}) is None
+    assert analysis.greedy([{"tau": 0.5, "beta": 0.9, "gain_gap": None}], "tau", {"beta": 0.9}) is None
 
 
 def test_bleu_against_earlier_segments():
@@ -86,14 +94,17 @@ def test_analyze_command_on_the_tiny_model(tmp_path):
     assert summary["traces"] == 6 and summary["redundancy"]["incorrect"]["traces"] == 2
     assert summary["redundancy"]["correct"]["segments"] == pytest.approx(np.mean([len(r.meta["segments"]) for r in recs]))
     n_segments = sum(len(r.meta["segments"]) for r in recs)
-    assert sum(n for _, n in summary["confidence"]["by_class"].values()) == n_segments
+    # the comparisons leave out the first and last segment of each trace (analysis_exclude_ends, Sec. 3)
+    assert sum(n for _, n in summary["confidence"]["by_class"].values()) == n_segments - 2 * len(recs)
+    assert summary["confidence"]["ends_excluded"] is True
+    json.loads((out / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(f"summary holds {c}"))
     assert len(summary["search"]["grid"]) == 5 * 6
     judged = summary["judge"]
     assert sum(v["judged"] + v["no_verdict"] for v in judged.values()) == n_segments
     for png in ("redundancy", "confidence", "linguistic", "position"):
         assert (out / f"{png}.png").stat().st_size > 1000
     report = (out / "report.md").read_text()
-    assert "## 6. Position" in report and "Greedy tau*" in report
+    assert "## 6. Position" in report and "tau* = " in report and "beta* = " in report
     stored = {f: (out / f).read_text() for f in ("confidence.jsonl", "linguistic.jsonl", "judge.jsonl", "incorrect.jsonl")}
     main(["analyze", *args, "--analysis_steps", "confidence", "search"])  # resumes: every row is there already
     assert {f: (out / f).read_text() for f in stored} == stored
