@@ -1,19 +1,26 @@
-"""The paper's experiment (Tables 1-2) in miniature, on synthetic traces whose redundancy is known.
+"""The paper's claim tested on synthetic traces whose redundancy is known: validity gates, a selection
+benchmark, then pre-registered students.
 
-    python -m pipelines.study --config recipes/study/smollm2.yaml [--run_dir D] [--quick] [--key value ...]
+    python -m pipelines.study --config recipes/study/smollm2.yaml [--until selection] [--force] [--quick] [--key value ...]
 
-1. data: students' traces with planted redundancy, held-out questions, and clean traces of other
-   questions for the attribution model (data.synthetic);
-2. an attribution model that knows the task: SmolLM2 fine-tuned on the clean traces (paper: R1-Distill-
-   Qwen-7B), evaluated on the held-out questions; IG with it and, as a comparison, with the base model;
-3. students from the base model, one per row (ROWS) and training seed, same data and hyperparameters;
-4. every model answers the held-out questions greedily: accuracy, length, answers at the token limit,
-   planted-kind segments written; rows pooled over seeds, paired against full CoT;
-5. ``<run_dir>/report.md``: Tables 1-2 shaped tables, selection quality against the ground truth, the
-   Sec. 3 confidence-gain gap, the power statement, a figure and a per-stage profile.
+1. data: short and verbose benchmark traces with planted redundancy (the same questions and planted
+   segments; the verbose ones carry reasoning prose), held-out questions, clean traces of other questions
+   for the attribution model and for gate a (data.synthetic). Every trace ends in the answer tail IG scores;
+2. the attribution model: SmolLM2 fine-tuned on clean traces of other questions; **gates** a (P(gold) at
+   the IG target on held-out clean traces) and c (held-out accuracy) are checked before any IG;
+3. IG (``ig_steps: auto``) with the attribution model on both regimes and with the base model on the short
+   one; **gate** b (convergence): the unconverged are named and left out of the benchmark;
+4. the **selection benchmark**: per score, AUROC for planted vs genuine middle segments with a bootstrap
+   interval over traces, by planted kind (pipelines.study_selection); ``--until selection`` stops here;
+5. Sec. 3 as the paper measures it (sampled confidence, ends excluded, by planted kind), and the tau/beta
+   greedy search on the held-out benchmark traces (the ``paper_tuned`` row);
+6. students from the base model, one per row and seed, on the first ``study_n_train`` short traces, each
+   answering the held-out questions greedily; non-inferiority to full CoT, length change, the oracle's room.
 
-Every stage (and every student and seed) leaves a ``<name>.done`` marker and is reused on rerun; IG and
-evaluation also resume mid-way. ``--quick`` runs the same design at tiny sizes in ``<run_dir>-quick``.
+``<run_dir>/report.md`` leads with the gates, then the benchmark, Sec. 3 and the students. A failed gate
+stops the run with its reason (``--force`` goes on, and the report says so). Every stage (and every
+student) leaves a ``<name>.done`` marker and is reused on rerun; IG and evaluation also resume mid-way.
+``--quick`` runs the same stages at tiny sizes, gates open, in ``<run_dir>-quick``.
 """
 from __future__ import annotations
 
@@ -27,9 +34,13 @@ import numpy as np
 from .quickstart import Stages, profile_table, stage_work, trained
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "study" / "smollm2.yaml"
-QUICK = ["--study_n_train", "8", "--study_n_eval", "6", "--study_n_attributor", "8", "--study_seeds", "0",
-         "--study_other_seeds", "0", "--study_attributor_epochs", "1", "--num_train_epochs", "1", "--ig_steps", "2",
-         "--eval_max_new_tokens", "24"]
+# tiny sizes; the gates' thresholds opened and every IG level accepted, so the plumbing runs end to end
+QUICK = ["--study_n_train", "6", "--study_n_bench", "8", "--study_n_verbose", "2", "--study_n_base", "2",
+         "--study_n_eval", "6", "--study_n_gate", "2", "--study_n_attributor", "8", "--study_seeds", "0",
+         "--study_other_seeds", "0", "--study_attributor_epochs", "1", "--num_train_epochs", "1", "--ig_max_steps", "9",
+         "--ig_tolerance", "1e6", "--eval_max_new_tokens", "24", "--analysis_confidence_samples", "2",
+         "--study_min_probability", "0", "--study_min_accuracy", "0", "--study_max_unconverged", "1"]
+NON_INFERIORITY_MARGIN = 5.0  # accuracy points; the issue's pre-registered margin
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,7 @@ class Row:
     selector: str
     keys: tuple = ()
     main: bool = False
+    tuned: bool = False  # tau and beta from the Sec. 3 search on held-out traces
     paper_table2: float | None = None  # the paper's Table 2 (R1-Distill-Qwen-1.5B, greedy, macro average)
 
 
@@ -48,13 +60,11 @@ ROWS = (
     Row("oracle", "oracle", main=True),
     Row("paper", "paper", main=True, paper_table2=46.9),
     Row("random", "random_segments", main=True, paper_table2=45.1),
-    Row("random_matched", "random_segments", (("segment_ratio", None),)),
-    Row("abs_ig_tokens", "high_abs_ig_tokens", paper_table2=46.1),
-    Row("ig_tokens", "high_ig_tokens", paper_table2=45.2),
+    Row("paper_tuned", "paper", tuned=True),
     Row("high_strength", "high_strength_segments", paper_table2=46.9),
-    Row("pruned", "paper", (("label_mode", "prune"),), paper_table2=43.9),
 )
-ATTRIBUTORS = {"task": "task attributor (fine-tuned on clean traces)", "base": "base model"}  # attribution/ and attribution_base/
+ATTRIBUTORS = {"task": "task attributor (fine-tuned on clean traces)", "base": "base model"}
+IG_RUNS = (("task", "short"), ("base", "short"), ("task", "verbose"))  # (attributor, regime), in run order
 
 
 def _students(recipe) -> list[tuple[Row, int]]:
@@ -64,22 +74,22 @@ def _students(recipe) -> list[tuple[Row, int]]:
     return [(row, s) for s in seeds for row in ROWS if s in (study.study_seeds if row.main else study.study_other_seeds)]
 
 
-def _row_recipe(recipe, row: Row, seed: int | None = None):
+def _row_recipe(recipe, row: Row, seed: int | None = None, tuned: dict | None = None):
     """The recipe of one row (its labels under labels/<row>) and, with ``seed``, of one student."""
     run = recipe.paths
-    selection = replace(recipe.selection, selector=row.selector, **dict(row.keys))
+    keys = {**dict(row.keys), **(tuned if row.tuned else {})}
+    selection = replace(recipe.selection, selector=row.selector, **keys)
     selection.labels_dir = str(run.labels(row.name))
     sft = recipe.sft if seed is None else replace(recipe.sft, seed=seed, output_dir=str(run.model(f"{row.name}-s{seed}")))
     return replace(recipe, selection=selection, sft=sft)
 
 
-def _attributor_recipe(recipe, which: str):
-    """The recipe whose IG run is attribution/ (task attributor) or attribution_base/ (base model)."""
-    attribution = replace(recipe.attribution, attribution_dir=str(recipe.paths.run_dir / ("attribution" if which == "task"
-                                                                                            else "attribution_base")),
+def _ig_recipe(recipe, which: str, regime: str, traces: str):
+    """The recipe of one IG run: ``attribution_<which>_<regime>/`` over the ``traces`` file."""
+    run_dir = recipe.paths.run_dir
+    attribution = replace(recipe.attribution, attribution_dir=str(run_dir / f"attribution_{which}_{regime}"),
                           attribution_model_name_or_path=str(recipe.paths.model("attributor")) if which == "task" else None)
-    analysis = replace(recipe.analysis, analysis_steps=["confidence"], analysis_dir=str(recipe.paths.analysis))
-    return replace(recipe, attribution=attribution, analysis=analysis)
+    return replace(recipe, attribution=attribution, traces=replace(recipe.traces, traces=traces))
 
 
 def _design(recipe) -> dict:
@@ -91,7 +101,8 @@ def _design(recipe) -> dict:
     return {"model": recipe.model.model_name_or_path, "dtype": recipe.model.dtype,
             **fingerprint(recipe.traces, recipe.attribution, recipe.study),
             **{k: getattr(recipe.sft, k, None) for k in sft_keys},
-            "eval_max_new_tokens": recipe.eval.eval_max_new_tokens}
+            "eval_max_new_tokens": recipe.eval.eval_max_new_tokens,
+            "analysis_confidence_samples": recipe.analysis.analysis_confidence_samples}
 
 
 def _check_design(run_dir: Path, design: dict) -> None:
@@ -105,7 +116,25 @@ def _check_design(run_dir: Path, design: dict) -> None:
         path.write_text(json.dumps(design, indent=1, default=str))
 
 
-# --- measurements (pure: samples and selections in, numbers out) ------------------------------------
+# --- measurements (pure: samples, selections and stage results in, numbers out) ------------------------
+
+def gates(study, probability: dict, eval_attributor: dict, ig: dict) -> list[dict]:
+    """The validity gates, each with its value, threshold and verdict: a (P(gold) at the IG target on
+    held-out clean traces, per verbosity), b (unconverged share per IG run), c (held-out accuracy)."""
+    out = [{"gate": f"a. P(gold answer) at the IG target, {n} held-out clean {regime} traces (mean)",
+            "value": p["mean"], "threshold": f">= {study.study_min_probability}",
+            "passed": p["mean"] >= study.study_min_probability} for regime, p in probability.items() for n in [p["traces"]]]
+    for name, summary in ig.items():
+        share = len(summary["unconverged"]) / max(summary["attributed"], 1)
+        out.append({"gate": f"b. unconverged at tolerance (ig_steps: auto), {name} ({summary['attributed']} traces)",
+                    "value": share, "threshold": f"<= {study.study_max_unconverged} (the rest named, left out)",
+                    "passed": share <= study.study_max_unconverged, "names": summary["unconverged"]})
+    acc = eval_attributor["synthetic"]
+    out.append({"gate": f"c. attribution model's greedy accuracy, {acc['questions']} held-out questions",
+                "value": acc["greedy_acc"] / 100, "threshold": f">= {study.study_min_accuracy}",
+                "passed": acc["greedy_acc"] / 100 >= study.study_min_accuracy})
+    return out
+
 
 def answer_metrics(samples: list[dict], max_new_tokens: int) -> dict[str, dict]:
     """Per question id: correct, output tokens, whether the answer hit the token limit, and the planted-kind
@@ -126,82 +155,140 @@ def pool(runs: list[dict[str, dict]]) -> dict[str, np.ndarray]:
 
 
 def compare(row: dict, base: dict, seed: int = 0) -> dict:
-    """Row against the baseline on their shared questions: accuracy difference (points) with a bootstrap
-    interval, the paired sign-flip p-value and the smallest difference detectable at this spread."""
-    from common.stats import bootstrap_ci, detectable_difference, sign_flip_p
+    """Row against the baseline on their shared questions: accuracy difference (points) with a two-sided 95%
+    bootstrap interval and its one-sided 95% lower bound (non-inferiority), the paired sign-flip p-value,
+    the smallest difference detectable at this spread, and the length change (row / base - 1) with its
+    95% bootstrap interval over questions."""
+    from common.stats import bootstrap_ci, cluster_bootstrap_ci, detectable_difference, sign_flip_p
 
     shared = np.intersect1d(row["ids"], base["ids"])
-    d = 100 * (row["correct"][np.searchsorted(row["ids"], shared)] - base["correct"][np.searchsorted(base["ids"], shared)])
-    lo, hi = bootstrap_ci(d, seed=seed)
-    return {"diff": float(d.mean()), "ci": (lo, hi), "p": sign_flip_p(d, seed=seed), "mdd": detectable_difference(d),
-            "questions": len(shared)}
+    at = lambda r: np.searchsorted(r["ids"], shared)  # noqa: E731
+    d = 100 * (row["correct"][at(row)] - base["correct"][at(base)])
+    pairs = list(zip(row["tokens"][at(row)], base["tokens"][at(base)]))
+    length = lambda ps: float(sum(a for a, _ in ps) / max(sum(b for _, b in ps), 1e-9) - 1)  # noqa: E731
+    return {"diff": float(d.mean()), "ci": bootstrap_ci(d, seed=seed), "lower": bootstrap_ci(d, seed=seed, level=0.90)[0],
+            "p": sign_flip_p(d, seed=seed), "mdd": detectable_difference(d), "questions": len(shared),
+            "length": length(pairs), "length_ci": cluster_bootstrap_ci(pairs, length, seed=seed)}
 
 
 def selection_quality(views: dict, selections: dict) -> dict:
     """Token-level agreement of masked with planted over the traces (``views``: id -> TraceView with its
     ground truth; ``selections``: id -> Selection): precision (planted share of masked tokens), recall
-    (masked share of planted tokens) and the share of trace tokens trained."""
+    (masked share of planted tokens) and the share of trace tokens trained; None where undefined."""
     masked = planted = both = trace = 0
     for rid, view in views.items():
         inside = view.token_segment >= 0
         truth = view.planted[view.token_segment[inside]]
         m = ~selections[rid].token_selected[inside]
         masked, planted, both, trace = masked + m.sum(), planted + truth.sum(), both + (m & truth).sum(), trace + inside.sum()
-    return {"precision": both / masked if masked else float("nan"), "recall": both / planted if planted else float("nan"),
-            "trained": 1 - masked / max(trace, 1)}
+    return {"precision": float(both / masked) if masked else None, "recall": float(both / planted) if planted else None,
+            "trained": float(1 - masked / max(trace, 1))}
 
 
 # --- the run ------------------------------------------------------------------------------------------
 
-def run(argv: list[str]) -> dict:
-    from attribution import runner
-    from attribution.analyze import analyze
-    from attribution.attributions import load_attributions, load_summary
-    from attribution.labels import write_labels
-    from common.modeling import load_tokenizer
+def _parse(argv: list[str]):
+    """The recipe (``--quick``'s sizes win over the recipe's, the command line's over both; in
+    ``<run_dir>-quick``) and the run's own flags."""
     from common.recipe import parse_recipe
-    from data import synthetic
-    from data.loaders import load_trace_records
-    from data.records import write_jsonl
-    from eval.run import evaluate, load_samples
-    from selective_sft.train import train
 
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--until", choices=("selection",))
     a, rest = p.parse_known_args(argv)
     if "--config" not in rest:
         rest = ["--config", str(DEFAULT_RECIPE), *rest]
-    recipe = parse_recipe(rest + QUICK if a.quick else rest)  # --quick's sizes win over the recipe's
+    recipe = parse_recipe(QUICK + rest if a.quick else rest)
     if a.quick and "--run_dir" not in rest:  # never mix tiny results into the real run's folder
-        recipe = parse_recipe(rest + QUICK + ["--run_dir", recipe.run.run_dir + "-quick"])
+        recipe = parse_recipe(QUICK + rest + ["--run_dir", recipe.run.run_dir + "-quick"])
+    return recipe, a
+
+
+def _make_data(recipe, files: dict) -> dict:
+    """Every trace file of the study, with disjoint questions across benchmark, held-out, attributor and
+    gate traces; the verbose benchmark traces share the first short ones' questions and planted segments."""
+    from data import synthetic
+    from data.records import write_jsonl
+
+    study, seed, tail = recipe.study, recipe.sft.seed, recipe.attribution.ig_answer_suffix
+    gen = lambda n, split, seen, **kw: synthetic.generate(n, seed, split, exclude=seen, tail=tail,  # noqa: E731
+                                                          max_planted=study.study_max_planted, **kw)
+    bench = gen(study.study_n_bench, "train", set())
+    seen = {r.question for r in bench}
+    made = {"bench_short": bench, "bench_verbose": gen(study.study_n_verbose, "train", set(), verbosity="verbose"),
+            "train": bench[: study.study_n_train]}
+    made["eval"] = gen(study.study_n_eval, "eval", seen)
+    seen |= {r.question for r in made["eval"]}
+    made["attributor"] = gen(study.study_n_attributor, "attributor", seen, plant=False)
+    seen |= {r.question for r in made["attributor"]}
+    for regime in ("short", "verbose"):  # the same held-out questions in both verbosities
+        made[f"gate_{regime}"] = gen(study.study_n_gate, "gate", seen, plant=False, verbosity=regime)
+    for name, recs in made.items():
+        write_jsonl(recs, files[name])
+    shares = [synthetic.planted_share(r) for r in made["train"]]
+    return {"planted_share": {"mean": float(np.mean(shares)), "min": float(np.min(shares)),
+                              "max": float(np.max(shares)), "quartiles": np.quantile(shares, [0.25, 0.5, 0.75]).tolist()}}
+
+
+def _gate_probability(recipe, files: dict) -> dict:
+    """Gate a: exp F(x) at the IG target, the task attributor on the held-out clean traces of each verbosity."""
+    from attribution.runner import target_logprob
+    from common.modeling import inference_model, load_tokenizer
+    from data.loaders import load_trace_records
+
+    name = str(recipe.paths.model("attributor"))
+    model, tok = inference_model(name, recipe.model.dtype), load_tokenizer(name)
+    out = {}
+    for regime in ("short", "verbose"):
+        recs, _ = load_trace_records(replace(recipe.traces, traces=str(files[f"gate_{regime}"])))
+        p = np.exp([target_logprob(model, tok, r, recipe.traces, recipe.attribution) for r in recs])
+        out[regime] = {"mean": float(p.mean()), "min": float(p.min()), "traces": len(p)}
+    return out
+
+
+def _stop_on_failed(checked: list[dict], force: bool, report_path: Path, write) -> None:
+    """A failed gate ends the run with its reason (after writing the report so far), unless ``force``."""
+    failed = [g for g in checked if not g["passed"]]
+    if failed and not force:
+        write()
+        raise SystemExit("validity gate failed: " + "; ".join(f"{g['gate']} = {g['value']:.3f}, needs {g['threshold']}"
+                                                               for g in failed) + f" (report: {report_path}; --force goes on)")
+
+
+def run(argv: list[str]) -> dict:
+    from attribution import runner
+    from attribution.analyze import analyze, load_gains
+    from attribution.attributions import load_attributions, load_summary
+    from attribution.labels import write_labels
+    from common.modeling import load_tokenizer
+    from data.loaders import load_trace_records
+    from eval.run import evaluate, load_samples
+    from selective_sft.train import train
+
+    recipe, flags = _parse(argv)
     study, run_dir = recipe.study, recipe.paths.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_design(run_dir, _design(recipe))
     stage = Stages(run_dir)
     data = run_dir / "data"
-    files = {"train": data / "train.jsonl", "eval": data / "synthetic" / "test.jsonl", "attributor": data / "attributor.jsonl"}
-
-    def make_data() -> dict:
-        train_recs = synthetic.generate(study.study_n_train, recipe.sft.seed, "train", max_planted=study.study_max_planted)
-        seen = {r.question for r in train_recs}
-        eval_recs = synthetic.generate(study.study_n_eval, recipe.sft.seed, "eval", exclude=seen)
-        seen |= {r.question for r in eval_recs}
-        clean = synthetic.generate(study.study_n_attributor, recipe.sft.seed, "attributor", plant=False, exclude=seen)
-        for name, recs in (("train", train_recs), ("eval", eval_recs), ("attributor", clean)):
-            write_jsonl(recs, files[name])
-        shares = [synthetic.planted_share(r) for r in train_recs]
-        return {"planted_share": {"mean": float(np.mean(shares)), "min": float(np.min(shares)),
-                                  "max": float(np.max(shares)), "quartiles": np.quantile(shares, [0.25, 0.5, 0.75]).tolist()}}
-
-    data_info = stage("data", make_data)
+    files = {name: data / f"{name}.jsonl" for name in ("bench_short", "bench_verbose", "train", "attributor", "gate_short",
+                                                       "gate_verbose")}
+    files["eval"] = data / "synthetic" / "test.jsonl"
+    out = {"data": stage("data", lambda: _make_data(recipe, files)), "forced": flags.force, "until": flags.until}
     recipe.traces.traces = str(files["train"])
     recipe.eval.eval_data_dir, recipe.eval.eval_benchmarks = str(data), ["synthetic"]
-    records, load = load_trace_records(recipe.traces)
     tok = load_tokenizer(recipe.model.model_name_or_path, recipe.traces.chat_template)
     template, think = recipe.traces.chat_template, recipe.training.think_prefix
     command = "python -m pipelines.study " + " ".join(argv)
+    results = {}
 
-    # 2. the attribution model: full-CoT SFT of the base model on clean traces of other questions
+    def write_report() -> str:
+        text = report(recipe, out, profile_table(stage.times, stage_work(stage.times, results)))
+        (run_dir / "report.md").write_text(text)
+        return text
+
+    # 2. the attribution model, gates a and c
     attributor = replace(_row_recipe(recipe, Row("attributor_clean", "all")),
                          traces=replace(recipe.traces, traces=str(files["attributor"])),
                          sft=replace(recipe.sft, output_dir=str(recipe.paths.model("attributor")),
@@ -209,154 +296,262 @@ def run(argv: list[str]) -> dict:
     clean, clean_load = load_trace_records(attributor.traces)
     stage("labels_attributor", lambda: write_labels(tok, clean, None, attributor, clean_load, command).to_dict())
     stage("train_attributor", lambda: trained(train(attributor)))
-    results = {"eval_attributor": stage("eval_attributor", lambda: evaluate(
-        attributor.sft.output_dir, "attributor", recipe.eval, template, think))}
-    ig = {which: _attributor_recipe(recipe, which) for which in ATTRIBUTORS}
-    for which, r in ig.items():
-        stage(f"ig_{which}", lambda r=r: runner.run(r.traces, r.attribution, r.model, records, load=load))
-    attributions = {which: load_attributions(r.attribution.attribution_dir) for which, r in ig.items()}
+    out["eval_attributor"] = results["eval_attributor"] = stage("eval_attributor", lambda: evaluate(
+        attributor.sft.output_dir, "attributor", recipe.eval, template, think))
+    out["probability"] = stage("gate_probability", lambda: _gate_probability(recipe, files))
+    out["gates"] = gates(study, out["probability"], out["eval_attributor"], {})
+    _stop_on_failed(out["gates"], flags.force, run_dir / "report.md", write_report)
 
-    # 3-4. students: labels from the task attributor's IG, one model per row and seed, each evaluated
-    task = replace(recipe, attribution=ig["task"].attribution)
+    # 3. IG on the benchmark traces; gate b
+    ig, records, out["ig"] = {}, {}, {}
+    for which, regime in IG_RUNS:
+        name = f"{which}_{regime}"
+        records[regime], load = load_trace_records(replace(recipe.traces, traces=str(files[f"bench_{regime}"])))
+        recs = records[regime][: study.study_n_base] if which == "base" else records[regime]
+        ig[name] = _ig_recipe(recipe, which, regime, str(files[f"bench_{regime}"]))
+        stage(f"ig_{name}", lambda r=ig[name], recs=recs, load=None if which == "base" else load: runner.run(
+            r.traces, r.attribution, r.model, recs, load=load))
+        out["ig"][name] = load_summary(ig[name].attribution.attribution_dir)
+    out["gates"] = gates(study, out["probability"], out["eval_attributor"], out["ig"])
+    _stop_on_failed(out["gates"], flags.force, run_dir / "report.md", write_report)
+
+    # 4. the selection benchmark
+    attributions = {name: load_attributions(r.attribution.attribution_dir) for name, r in ig.items()}
+    out["selection"] = stage("selection", lambda: _selection(recipe, records, attributions, run_dir / "consistency.png"))
+    if flags.until == "selection":
+        print(write_report())
+        return {"report": str(run_dir / "report.md"), "times": stage.times}
+
+    # 5. Sec. 3 on the short benchmark traces: the tau/beta search on the held-out ones, then all of them
+    sec3 = replace(ig["task_short"], analysis=replace(recipe.analysis, analysis_dir=str(run_dir / "analysis")))
+    held_out = records["short"][study.study_n_train:]
+    tuned = stage("tune", lambda: _tune(analyze(replace(sec3, analysis=replace(sec3.analysis, analysis_steps=["search"])),
+                                                held_out)))
+    out["tuned"] = tuned
+    out["sec3"] = stage("sec3", lambda: analyze(replace(sec3, analysis=replace(sec3.analysis, analysis_steps=["confidence"])),
+                                                records["short"])["confidence"])
+    out["sec3_kinds"] = _gain_by_kind(records["short"], load_gains(sec3.analysis.analysis_dir), recipe.analysis)
+
+    # 6. students: labels from the task attributor's IG on their traces, one model per row and seed
+    task = replace(recipe, attribution=ig["task_short"].attribution)
+    train_records, train_load = load_trace_records(recipe.traces)
     for row in ROWS:
-        stage(f"labels_{row.name}", lambda row=row: write_labels(tok, records, attributions["task"], _row_recipe(task, row),
-                                                                 load, command).to_dict())
+        r = _row_recipe(task, row, tuned=tuned)
+        stage(f"labels_{row.name}", lambda r=r: write_labels(tok, train_records, attributions["task_short"], r, train_load,
+                                                             command).to_dict())
     for row, seed in _students(task):
-        r = _row_recipe(task, row, seed)
+        r = _row_recipe(task, row, seed, tuned)
         results[f"train_{row.name}-s{seed}"] = stage(f"train_{row.name}-s{seed}", lambda r=r: trained(train(r)))
         results[f"eval_{row.name}-s{seed}"] = stage(f"eval_{row.name}-s{seed}", lambda r=r, n=f"{row.name}-s{seed}": evaluate(
             r.sft.output_dir, n, recipe.eval, template, think))
-    confidence = stage("confidence", lambda: {k: float(v) for k, v in analyze(ig["task"], records)["confidence"].items()
-                                              if k in ("important", "unimportant")})
-
-    # 5. the report
     limit = recipe.eval.eval_max_new_tokens
-    answers = {f"{row.name}-s{s}": answer_metrics(load_samples(recipe.eval.eval_dir, f"{row.name}-s{s}"), limit)
-               for row, s in _students(task)}
-    answers["attributor"] = answer_metrics(load_samples(recipe.eval.eval_dir, "attributor"), limit)
-    quality = _quality(recipe, records, attributions)
-    text = report(recipe, data_info, answers, quality, confidence, load_summary(ig["task"].attribution.attribution_dir),
-                  profile_table(stage.times, stage_work(stage.times, results)))
-    (run_dir / "report.md").write_text(text)
-    print(text)
+    out["answers"] = {f"{row.name}-s{s}": answer_metrics(load_samples(recipe.eval.eval_dir, f"{row.name}-s{s}"), limit)
+                      for row, s in _students(task)}
+    print(write_report())
     return {"report": str(run_dir / "report.md"), "times": stage.times}
 
 
-def _quality(recipe, records, attributions: dict) -> dict:
-    """Selection quality per attributor and selector row, against the planted spans."""
-    from attribution.selection import select, trace_view
+def _selection(recipe, records: dict, attributions: dict, figure: Path) -> dict:
+    """The benchmark per IG run, on its converged traces (the others named): counts and AUROCs."""
+    from attribution.selection import trace_view
     from data.synthetic import planted_mask
 
-    out = {}
-    for which, rows in attributions.items():
-        views = {r.id: trace_view(r.id, r.trace, r.answer, rows[r.id]["segments"], rows[r.id],
-                                  recipe.selection.strength_aggregation, planted_mask(r.meta, rows[r.id]["segments"]))
-                 for r in records if rows[r.id]["status"] == "ok"}
-        for row in ROWS:
-            if row.name in ("full_cot", "pruned"):  # full CoT masks nothing; pruned is paper's selection
-                continue
-            cfg = replace(recipe.selection, selector=row.selector, **dict(row.keys))
-            out[(which, row.name)] = selection_quality(views, {rid: select(v, cfg) for rid, v in views.items()})
+    from .study_selection import benchmark, counts, middle_segments
+
+    out, tables = {}, {}
+    for name, rows in attributions.items():
+        regime = name.split("_", 1)[1]
+        by_id = {r.id: r for r in records[regime]}
+        ok = [rid for rid, row in rows.items() if row["status"] == "ok"]
+        converged = [rid for rid in ok if rows[rid]["ig_converged"]]
+        views = {rid: trace_view(rid, by_id[rid].trace, by_id[rid].answer, rows[rid]["segments"], rows[rid],
+                                 recipe.selection.strength_aggregation, planted_mask(by_id[rid].meta, rows[rid]["segments"]))
+                 for rid in converged}
+        kinds = {rid: [m["kind"] for m in by_id[rid].meta["segments"]] for rid in converged}
+        tables[name] = middle_segments(views, kinds, recipe.selection, recipe.sft.seed)
+        out[name] = {"counts": counts(tables[name]), "excluded": sorted(set(ok) - set(converged)),
+                     "auroc": benchmark(tables[name], seed=recipe.sft.seed)}
+    out["figure"] = _consistency_figure(figure, tables)
     return out
 
 
-def _fmt_ci(lo: float, hi: float) -> str:
-    return f"{lo:.1f} to {hi:.1f}"
-
-
-def report(recipe, data_info: dict, answers: dict[str, dict], quality: dict, confidence: dict, ig_summary: dict,
-           profile: str) -> str:
-    """The study's report.md."""
-    from attribution.attributions import ig_quality_lines
-    from common.stats import bootstrap_ci
-
-    study, students = recipe.study, _students(recipe)
-    pooled = {row.name: pool([answers[f"{row.name}-s{s}"] for r, s in students if r is row]) for row in ROWS}
-    acc_ci = {name: [100 * x for x in bootstrap_ci(r["correct"])] for name, r in pooled.items()}
-    seeds = {row.name: [s for r, s in students if r is row] for row in ROWS}
-    base = pooled["full_cot"]
-    share, limit = data_info["planted_share"], recipe.eval.eval_max_new_tokens
-    att = pool([answers["attributor"]])
-    lines = ["# The study: selective SFT on traces with known redundancy", "",
-             "## Design (fixed before the comparison was run)", "",
-             f"- Students: {recipe.model.model_name_or_path}, full-parameter SFT on {study.study_n_train} synthetic traces, "
-             f"{recipe.sft.num_train_epochs:g} epochs, lr {recipe.sft.learning_rate:g} "
-             f"({getattr(recipe.sft.lr_scheduler_type, 'value', recipe.sft.lr_scheduler_type)}), "
-             f"batch {recipe.sft.per_device_train_batch_size} x {recipe.sft.gradient_accumulation_steps}, eq. 9 loss; "
-             f"seeds {study.study_seeds} for full CoT, oracle, paper and random, {study.study_other_seeds} for the others.",
-             f"- Planted redundancy (repeats, checks, abandoned attempts, restatements; 0-{study.study_max_planted} per "
-             f"trace): {100 * share['mean']:.0f}% of trace characters on average (quartiles "
-             f"{', '.join(f'{100 * q:.0f}%' for q in share['quartiles'])}; range {100 * share['min']:.0f}-{100 * share['max']:.0f}%).",
-             f"- Attribution model: the base model fine-tuned on {study.study_n_attributor} clean traces of other questions "
-             f"({study.study_attributor_epochs:g} epochs); held-out greedy accuracy {100 * att['correct'].mean():.1f}% "
-             f"(95% CI {_fmt_ci(*(100 * x for x in bootstrap_ci(att['correct'])))}) on the {len(att['ids'])} questions below.",
-             f"- IG: {recipe.attribution.ig_rule}, ig_steps {recipe.attribution.ig_steps}, pad baseline on the trace "
-             f"tokens, {ig_summary.get('attributed')} traces. " + " ".join(ig_quality_lines(ig_summary)),
-             f"- Evaluation: {len(base['ids'])} held-out questions, greedy, at most {limit} new tokens. Rows pool their seeds "
-             f"per question; intervals are 95% percentile bootstraps over questions; p is a paired sign-flip test "
-             f"against full CoT on the same questions.", "",
-             "## Table 1 shape: accuracy and length", "",
-             "| row | seeds | accuracy % (95% CI) | vs full CoT, points (95% CI) | p | output tokens (± s.e.) | length vs full CoT "
-             "| at token limit | planted-kind segments per answer |", "|---|---|---|---|---|---|---|---|---|"]
-    comparisons = {}
-    for row in ROWS:
-        r = pooled[row.name]
-        tokens_se = r["tokens"].std(ddof=1) / np.sqrt(len(r["tokens"])) if len(r["tokens"]) > 1 else 0.0
-        if row.name == "full_cot":
-            vs, p, rel = "-", "-", "-"
-        else:
-            c = comparisons[row.name] = compare(r, base)
-            vs, p = f"{c['diff']:+.1f} ({_fmt_ci(*c['ci'])})", f"{c['p']:.3f}"
-            rel = f"{100 * (r['tokens'].mean() / base['tokens'].mean() - 1):+.1f}%"
-        lines.append(f"| {row.name} | {len(seeds[row.name])} | {100 * r['correct'].mean():.1f} ({_fmt_ci(*acc_ci[row.name])}) | {vs} | {p} "
-                     f"| {r['tokens'].mean():.0f} ± {tokens_se:.0f} | {rel} | {100 * r['at_limit'].mean():.1f}% "
-                     f"| {r['planted'].mean():.2f} |")
-    mdd = {n: c["mdd"] for n, c in comparisons.items()}
-    lines += ["", "## Table 2 shape: beside the paper (R1-Distill-Qwen-1.5B, greedy, macro average of six benchmarks)", "",
-              "| row | paper, accuracy | here, accuracy | here, output tokens vs full CoT |", "|---|---|---|---|"]
-    for row in ROWS:
-        if row.paper_table2 is not None:
-            r = pooled[row.name]
-            rel = "-" if row.name == "full_cot" else f"{100 * (r['tokens'].mean() / base['tokens'].mean() - 1):+.1f}%"
-            lines.append(f"| {row.name} | {row.paper_table2} | {100 * r['correct'].mean():.1f} | {rel} |")
-    lines += ["", "The paper's selector used 18% fewer tokens than full CoT there.", "",
-              "## Power", "",
-              "At the spread each comparison shows, a paired difference is detected (two-sided 5%, power 80%) from "
-              + ", ".join(f"{n} {v:.1f}" for n, v in mdd.items()) + " points on. Rows with fewer seeds are noisier.", "",
-              "## Selection against the ground truth (token level: masked = planted?)", "",
-              "| attributor | row | trace tokens trained | precision (planted among masked) | recall (planted masked) |",
-              "|---|---|---|---|---|"]
-    for (which, name), q in quality.items():
-        lines.append(f"| {ATTRIBUTORS[which]} | {name} | {100 * q['trained']:.0f}% | {100 * q['precision']:.0f}% "
-                     f"| {100 * q['recall']:.0f}% |")
-    lines += ["", "## Sec. 3: confidence gain, important vs unimportant segments (task attributor)", "",
-              f"Mean log-prob gain of the gold answer when a segment is appended (tau {recipe.analysis.analysis_tau}, "
-              f"beta {recipe.analysis.analysis_beta}): important {confidence['important']:.3f}, unimportant "
-              f"{confidence['unimportant']:.3f}, gap {confidence['important'] - confidence['unimportant']:+.3f}.", "",
-              "## Figure", "", f"![accuracy against output length]({_figure(recipe.paths.run_dir / 'study.png', pooled, acc_ci)})", "",
-              "## Profile", "", profile, ""]
-    return "\n".join(lines)
-
-
-def _figure(path: Path, pooled: dict, acc_ci: dict) -> str:
-    """Accuracy against mean output length per row, with 95% intervals."""
+def _consistency_figure(path: Path, tables: dict) -> str:
+    """Consistency against segment length (tokens), genuine vs planted middle segments, one panel per IG run."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, r in pooled.items():
-        lo, hi = acc_ci[name]
-        acc, tokens = 100 * r["correct"].mean(), r["tokens"].mean()
-        se = r["tokens"].std(ddof=1) / np.sqrt(len(r["tokens"])) if len(r["tokens"]) > 1 else 0.0
-        ax.errorbar(tokens, acc, yerr=[[acc - lo], [hi - acc]], xerr=1.96 * se, fmt="o", capsize=3, label=name)
-    ax.set(xlabel="mean output tokens (held-out, greedy)", ylabel="accuracy %")
-    ax.legend(fontsize=7)
+    fig, axes = plt.subplots(1, len(tables), figsize=(4.2 * len(tables), 3.6), sharey=True, squeeze=False)
+    for ax, (name, traces) in zip(axes[0], tables.items()):
+        for planted, color, label in ((False, "tab:blue", "genuine"), (True, "tab:red", "planted")):
+            x = np.concatenate([t["tokens"][t["planted"] == planted] for t in traces]) if traces else []
+            y = np.concatenate([t["consistency"][t["planted"] == planted] for t in traces]) if traces else []
+            ax.scatter(x, y, s=10, alpha=0.6, color=color, label=label)
+        ax.axhline(0.8, ls="--", color="grey", lw=1)
+        ax.set(title=name.replace("_", ", "), xlabel="segment tokens", xscale="log")
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("consistency (eq. 3)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path.name
+
+
+def _tune(summary: dict) -> dict:
+    """tau and beta of the ``paper_tuned`` row: the Sec. 3 greedy search's choice (Fig. 4)."""
+    return {"tau": summary["search"]["greedy_tau"], "beta": summary["search"]["greedy_beta"]}
+
+
+def _gain_by_kind(records: list, gains: dict[str, np.ndarray], analysis) -> dict:
+    """Mean sampled confidence gain per segment kind (genuine and each planted kind), middle segments only
+    when the analysis excludes the ends; None for a kind with no segment."""
+    from data.synthetic import KINDS
+
+    by = {k: [] for k in KINDS}
+    for rec in records:
+        if rec.id not in gains:
+            continue
+        metas = rec.meta["segments"]
+        keep = range(1, len(metas) - 1) if analysis.analysis_exclude_ends else range(len(metas))
+        for k in keep:
+            by[metas[k]["kind"]].append(float(gains[rec.id][k]))
+    return {k: {"mean": float(np.mean(v)) if v else None, "segments": len(v)} for k, v in by.items()}
+
+
+# --- the report ---------------------------------------------------------------------------------------
+
+def _num(x, fmt: str = ".2f") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def _ci(lo, hi, fmt: str = ".2f") -> str:
+    return "-" if lo is None else f"{format(lo, fmt)} to {format(hi, fmt)}"
+
+
+def report(recipe, out: dict, profile: str) -> str:
+    """The study's report.md: gates, then the selection benchmark, Sec. 3 and the students, as far as the run got."""
+    study = recipe.study
+    lines = ["# The study: selective SFT on traces with known redundancy", "",
+             "## Validity gates (checked before the comparison they guard)", "",
+             "| gate | value | threshold | passed |", "|---|---|---|---|"]
+    for g in out.get("gates", []):
+        lines.append(f"| {g['gate']} | {g['value']:.3f} | {g['threshold']} | {'yes' if g['passed'] else '**no**'} |")
+    for g in out.get("gates", []):
+        if g.get("names"):
+            lines.append(f"\n{g['gate'].split(', ')[-1]}: left out of the benchmark: {', '.join(g['names'])}")
+    if any(not g["passed"] for g in out.get("gates", [])):
+        lines += ["", "**A gate failed: " + ("the run was forced past it (`--force`); read what follows in that light.**"
+                                             if out["forced"] else "the run stopped here.**")]
+    for name, s in out.get("ig", {}).items():
+        from attribution.attributions import ig_quality_lines
+
+        lines += ["", f"IG, {name.replace('_', ', ')} ({recipe.attribution.ig_rule}, ig_steps {recipe.attribution.ig_steps}, "
+                      f"tolerance {recipe.attribution.ig_tolerance}): " + " ".join(ig_quality_lines(s))]
+    share = out["data"]["planted_share"]
+    lines += ["", "## Design", "",
+              f"- Benchmark traces: {study.study_n_bench} short (the first {study.study_n_train} train the students; the "
+              f"other {study.study_n_bench - study.study_n_train} are the held-out traces of the tau/beta search), "
+              f"{study.study_n_verbose} verbose (the first short ones' questions and planted segments, with reasoning "
+              f"prose), the first {study.study_n_base} short ones with the base model too. 0-{study.study_max_planted} "
+              f"planted segments per trace; the students' traces are {100 * share['mean']:.0f}% planted characters on "
+              f"average (quartiles {', '.join(f'{100 * q:.0f}%' for q in share['quartiles'])}).",
+              f"- Attribution model: {recipe.model.model_name_or_path} fine-tuned on {study.study_n_attributor} clean short "
+              f"traces of other questions ({study.study_attributor_epochs:g} epochs), trained on exactly the text IG "
+              f"scores (prompt, trace, `{recipe.attribution.ig_answer_suffix}`)."]
+    if "selection" in out:
+        lines += _selection_section(out["selection"])
+    if "sec3" in out:
+        lines += _sec3_section(recipe, out)
+    if "answers" in out:
+        lines += _students_section(recipe, out)
+    return "\n".join(lines + ["", "## Profile", "", profile, ""])
+
+
+def _selection_section(sel: dict) -> list[str]:
+    from .study_selection import SCORES
+
+    lines = ["", "## Selection benchmark: which scores tell planted middle segments from genuine ones", "",
+             "AUROC for \"planted\" (0.5 = chance; 1 = every planted segment scored above every genuine one), 95% "
+             "bootstrap interval over traces; by kind: that planted kind against the genuine segments.", ""]
+    for name, r in sel.items():
+        if name == "figure":
+            continue
+        c = r["counts"]
+        kinds = list(next(iter(r["auroc"].values()))["by_kind"]) if r["auroc"] else []
+        lines += [f"### {name.replace('_', ', ')}: {c['traces']} traces, {c['segments']} middle segments "
+                  f"({', '.join(f'{k} {n}' for k, n in c['by_kind'].items())}); median tokens genuine "
+                  f"{_num(c['median_tokens']['genuine'], '.0f')}, planted {_num(c['median_tokens']['planted'], '.0f')}"
+                  + (f"; left out (unconverged): {', '.join(r['excluded'])}" if r["excluded"] else ""), "",
+                  "| score | AUROC (95% CI) | " + " | ".join(kinds) + " |", "|---|---|" + "---|" * len(kinds)]
+        for score, a in r["auroc"].items():
+            lines.append(f"| {score} | {_num(a['auroc'])} ({_ci(*a['ci'])}) | "
+                         + " | ".join(f"{_num(a['by_kind'][k]['auroc'])}" for k in kinds) + " |")
+        lines.append("")
+    lines += ["Scores: " + "; ".join(f"{k}: {v}" for k, v in SCORES.items()) + ".", "",
+              f"![consistency against segment length]({sel['figure']})"]
+    return lines
+
+
+def _sec3_section(recipe, out: dict) -> list[str]:
+    a, conf = recipe.analysis, out["sec3"]
+    lines = ["", "## Sec. 3 as the paper measures it", "",
+             f"Confidence: the share of {a.analysis_confidence_samples} answers sampled at t = 0.6 after the forced "
+             f"answer prefix that state the gold answer; gain = its rise when a segment is appended; "
+             f"{'first and last segments left out' if a.analysis_exclude_ends else 'every segment'}; task attributor, "
+             f"short benchmark traces.", "",
+             f"- Important vs unimportant (tau {a.analysis_tau}, beta {a.analysis_beta}): {_num(conf['important'], '.3f')} "
+             f"against {_num(conf['unimportant'], '.3f')}.",
+             f"- Greedy search (Fig. 4) on the {recipe.study.study_n_bench - recipe.study.study_n_train} held-out traces: "
+             f"tau* = {out['tuned']['tau']}, then beta* = {out['tuned']['beta']} (the `paper_tuned` row).", "",
+             "| segment kind | middle segments | mean confidence gain |", "|---|---|---|"]
+    lines += [f"| {k} | {v['segments']} | {_num(v['mean'], '.3f')} |" for k, v in out["sec3_kinds"].items()]
+    return lines
+
+
+def _students_section(recipe, out: dict) -> list[str]:
+    from common.stats import bootstrap_ci
+
+    students = _students(recipe)
+    pooled = {row.name: pool([out["answers"][f"{row.name}-s{s}"] for r, s in students if r is row]) for row in ROWS}
+    base, limit = pooled["full_cot"], recipe.eval.eval_max_new_tokens
+    lines = ["", "## Students (pre-registered: recipes/study/preregistration.md)", "",
+             f"{len(base['ids'])} held-out questions, greedy, at most {limit} new tokens; a row's seeds pooled per "
+             f"question; 95% bootstrap intervals over questions. Non-inferior: the one-sided 95% lower bound of the "
+             f"difference to full CoT above -{NON_INFERIORITY_MARGIN:g} points.", "",
+             "| row | seeds | accuracy % (95% CI) | vs full CoT, points (95% CI) | one-sided lower bound | non-inferior "
+             "| output tokens | length vs full CoT (95% CI) | at token limit | planted-kind segments per answer |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    comparisons = {}
+    for row in ROWS:
+        r = pooled[row.name]
+        lo, hi = (100 * x for x in bootstrap_ci(r["correct"]))
+        seeds = sum(1 for x, _ in students if x is row)
+        if row.name == "full_cot":
+            cells = "- | - | - | -"
+        else:
+            c = comparisons[row.name] = compare(r, base)
+            cells = (f"{c['diff']:+.1f} ({c['ci'][0]:.1f} to {c['ci'][1]:.1f}) | {c['lower']:+.1f} | "
+                     f"{'yes' if c['lower'] > -NON_INFERIORITY_MARGIN else 'no'} | "
+                     f"{100 * c['length']:+.1f}% ({_ci(*(None if x is None else 100 * x for x in c['length_ci']), '.1f')})")
+        tokens = f"{r['tokens'].mean():.0f}"
+        if row.name == "full_cot":
+            cells = f"- | - | - | {tokens} | -"
+        else:
+            head, length = cells.rsplit(" | ", 1)
+            cells = f"{head} | {tokens} | {length}"
+        lines.append(f"| {row.name} | {seeds} | {100 * r['correct'].mean():.1f} ({lo:.1f} to {hi:.1f}) | {cells} "
+                     f"| {100 * r['at_limit'].mean():.1f}% | {r['planted'].mean():.2f} |")
+    o = comparisons["oracle"]
+    room = o["ci"][0] > 0 or (o["length_ci"][1] is not None and o["length_ci"][1] < 0)
+    lines += ["", "Oracle's room: " + (
+        f"the oracle beats full CoT by a margin this design detects (accuracy {o['diff']:+.1f} points, 95% CI "
+        f"{o['ci'][0]:.1f} to {o['ci'][1]:.1f}; length {100 * o['length']:+.1f}%), so a selector has room to win."
+        if room else "the oracle does not beat full CoT on accuracy or length by a margin this design detects: the task "
+                     "leaves no room for any selector."),
+              "", "Detectable differences (two-sided 5%, power 80%, at each comparison's spread): "
+              + ", ".join(f"{n} {c['mdd']:.1f}" for n, c in comparisons.items()) + " points."]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
