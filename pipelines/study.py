@@ -458,7 +458,7 @@ def report(recipe, out: dict, profile: str) -> str:
               f"average (quartiles {', '.join(f'{100 * q:.0f}%' for q in share['quartiles'])}).",
               f"- Attribution model: {recipe.model.model_name_or_path} fine-tuned on {study.study_n_attributor} clean short "
               f"traces of other questions ({study.study_attributor_epochs:g} epochs), trained on exactly the text IG "
-              f"scores (prompt, trace, `{recipe.attribution.ig_answer_suffix}`)."]
+              f"scores (prompt, trace, `{recipe.attribution.ig_answer_suffix.format(answer='N')}`)."]
     if "selection" in out:
         lines += _selection_section(out["selection"])
     if "sec3" in out:
