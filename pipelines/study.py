@@ -431,6 +431,8 @@ def _ci(lo, hi, fmt: str = ".2f") -> str:
 
 def report(recipe, out: dict, profile: str) -> str:
     """The study's report.md: gates, then the selection benchmark, Sec. 3 and the students, as far as the run got."""
+    from attribution.attributions import ig_quality_lines
+
     study = recipe.study
     lines = ["# The study: selective SFT on traces with known redundancy", "",
              "## Validity gates (checked before the comparison they guard)", "",
@@ -444,8 +446,6 @@ def report(recipe, out: dict, profile: str) -> str:
         lines += ["", "**A gate failed: " + ("the run was forced past it (`--force`); read what follows in that light.**"
                                              if out["forced"] else "the run stopped here.**")]
     for name, s in out.get("ig", {}).items():
-        from attribution.attributions import ig_quality_lines
-
         lines += ["", f"IG, {name.replace('_', ', ')} ({recipe.attribution.ig_rule}, ig_steps {recipe.attribution.ig_steps}, "
                       f"tolerance {recipe.attribution.ig_tolerance}): " + " ".join(ig_quality_lines(s))]
     share = out["data"]["planted_share"]
@@ -527,20 +527,13 @@ def _students_section(recipe, out: dict) -> list[str]:
         r = pooled[row.name]
         lo, hi = (100 * x for x in bootstrap_ci(r["correct"]))
         seeds = sum(1 for x, _ in students if x is row)
-        if row.name == "full_cot":
-            cells = "- | - | - | -"
-        else:
+        vs = ["-"] * 3 + [f"{r['tokens'].mean():.0f}", "-"]  # vs full CoT, lower bound, non-inferior, tokens, length
+        if row.name != "full_cot":
             c = comparisons[row.name] = compare(r, base)
-            cells = (f"{c['diff']:+.1f} ({c['ci'][0]:.1f} to {c['ci'][1]:.1f}) | {c['lower']:+.1f} | "
-                     f"{'yes' if c['lower'] > -NON_INFERIORITY_MARGIN else 'no'} | "
-                     f"{100 * c['length']:+.1f}% ({_ci(*(None if x is None else 100 * x for x in c['length_ci']), '.1f')})")
-        tokens = f"{r['tokens'].mean():.0f}"
-        if row.name == "full_cot":
-            cells = f"- | - | - | {tokens} | -"
-        else:
-            head, length = cells.rsplit(" | ", 1)
-            cells = f"{head} | {tokens} | {length}"
-        lines.append(f"| {row.name} | {seeds} | {100 * r['correct'].mean():.1f} ({lo:.1f} to {hi:.1f}) | {cells} "
+            length_ci = _ci(*(None if x is None else 100 * x for x in c["length_ci"]), ".1f")
+            vs = [f"{c['diff']:+.1f} ({c['ci'][0]:.1f} to {c['ci'][1]:.1f})", f"{c['lower']:+.1f}",
+                  "yes" if c["lower"] > -NON_INFERIORITY_MARGIN else "no", vs[3], f"{100 * c['length']:+.1f}% ({length_ci})"]
+        lines.append(f"| {row.name} | {seeds} | {100 * r['correct'].mean():.1f} ({lo:.1f} to {hi:.1f}) | {' | '.join(vs)} "
                      f"| {100 * r['at_limit'].mean():.1f}% | {r['planted'].mean():.2f} |")
     o = comparisons["oracle"]
     room = o["ci"][0] > 0 or (o["length_ci"][1] is not None and o["length_ci"][1] < 0)
