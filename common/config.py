@@ -307,7 +307,9 @@ class StudyArguments:
     """The controlled study on synthetic traces (``python -m pipelines.study``): its sizes and seeds.
     The recipe says why each value was chosen; ``--quick`` runs the same design at tiny sizes."""
 
-    RUN_ONLY: ClassVar[tuple[str, ...]] = ()
+    # which seeds train decides which students exist, not what any stage computes: a run folder may add or
+    # drop seeds after the benchmark (the pre-registered rule: one seed per row when the scores are at chance)
+    RUN_ONLY: ClassVar[tuple[str, ...]] = ("study_seeds", "study_other_seeds")
 
     study_n_train: int = field(default=40, metadata={"help": "students' training traces: the first of the short benchmark traces"})
     study_n_bench: int = field(default=48, metadata={
