@@ -35,6 +35,15 @@ def reach(curve: np.ndarray, level: float = 0.8) -> float:
     return float((hit[0] + 1) / len(curve)) if len(hit) else 1.0
 
 
+def counted_segments(n_segments: int, exclude_ends: bool) -> np.ndarray:
+    """(K,) bool: the segments Sec. 3's comparisons count, all or all but the first and last (which every
+    selector keeps)."""
+    counted = np.ones(n_segments, dtype=bool)
+    if exclude_ends:
+        counted[[0, -1]] = False
+    return counted
+
+
 def segment_classes(norm_strength, consistency, tau: float, beta: float) -> tuple[np.ndarray, np.ndarray]:
     """(class index into CLASSES, important) per segment: high strength = in the top k* reaching tau
     (eqs. 5-6), high consistency = above beta; important = high strength and consistency <= beta

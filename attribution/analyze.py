@@ -122,11 +122,8 @@ class _Run:
                                                         self.cfg.analysis_beta) for t in self.traces}
         self.thresholds = f"tau {self.cfg.analysis_tau}, beta {self.cfg.analysis_beta}"
         # the segments the comparisons count: all, or without the ends every selector keeps (Sec. 3)
-        self.counted = {}
-        for t in self.traces:
-            self.counted[t["id"]] = np.ones(len(t["texts"]), dtype=bool)
-            if self.cfg.analysis_exclude_ends:
-                self.counted[t["id"]][[0, -1]] = False
+        self.counted = {t["id"]: analysis.counted_segments(len(t["texts"]), self.cfg.analysis_exclude_ends)
+                        for t in self.traces}
         self._model, self._tokenizer = model, tokenizer
 
     def lm(self):

@@ -303,11 +303,14 @@ def run(argv: list[str]) -> dict:
     _stop_on_failed(out["gates"], flags.force, run_dir / "report.md", write_report)
 
     # 3. IG on the benchmark traces; gate b
-    ig, records, out["ig"] = {}, {}, {}
+    loaded = {regime: load_trace_records(replace(recipe.traces, traces=str(files[f"bench_{regime}"])))
+              for regime in ("short", "verbose")}
+    records = {regime: recs for regime, (recs, _) in loaded.items()}
+    ig, out["ig"] = {}, {}
     for which, regime in IG_RUNS:
         name = f"{which}_{regime}"
-        records[regime], load = load_trace_records(replace(recipe.traces, traces=str(files[f"bench_{regime}"])))
-        recs = records[regime][: study.study_n_base] if which == "base" else records[regime]
+        recs, load = loaded[regime]
+        recs = recs[: study.study_n_base] if which == "base" else recs
         ig[name] = _ig_recipe(recipe, which, regime, str(files[f"bench_{regime}"]))
         stage(f"ig_{name}", lambda r=ig[name], recs=recs, load=None if which == "base" else load: runner.run(
             r.traces, r.attribution, r.model, recs, load=load))
@@ -406,6 +409,7 @@ def _tune(summary: dict) -> dict:
 def _gain_by_kind(records: list, gains: dict[str, np.ndarray], analysis) -> dict:
     """Mean sampled confidence gain per segment kind (genuine and each planted kind), middle segments only
     when the analysis excludes the ends; None for a kind with no segment."""
+    from attribution.analysis import counted_segments
     from data.synthetic import KINDS
 
     by = {k: [] for k in KINDS}
@@ -413,9 +417,9 @@ def _gain_by_kind(records: list, gains: dict[str, np.ndarray], analysis) -> dict
         if rec.id not in gains:
             continue
         metas = rec.meta["segments"]
-        keep = range(1, len(metas) - 1) if analysis.analysis_exclude_ends else range(len(metas))
-        for k in keep:
-            by[metas[k]["kind"]].append(float(gains[rec.id][k]))
+        for meta, gain, counted in zip(metas, gains[rec.id], counted_segments(len(metas), analysis.analysis_exclude_ends)):
+            if counted:
+                by[meta["kind"]].append(float(gain))
     return {k: {"mean": float(np.mean(v)) if v else None, "segments": len(v)} for k, v in by.items()}
 
 
