@@ -317,6 +317,8 @@ class StudyArguments:
                 "traces of the tau/beta search, which no student trains or is tested on"})
     study_n_verbose: int = field(default=16, metadata={
         "help": "verbose-regime benchmark traces: the first short ones' questions and planted segments, with prose"})
+    study_n_reflective: int = field(default=24, metadata={
+        "help": "reflective-regime benchmark traces: the first short ones, each genuine step catching and correcting a slip"})
     study_n_base: int = field(default=16, metadata={"help": "short benchmark traces the base model attributes too"})
     study_n_eval: int = field(default=80, metadata={"help": "held-out questions every model answers"})
     study_n_gate: int = field(default=24, metadata={

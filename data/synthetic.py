@@ -21,10 +21,15 @@ segments run to ~60-110 SmolLM2 tokens instead of ~20, as R1's do; kinds, marker
 computations are those of the short traces, so the ground truth is unchanged. ``tail`` (a format
 string with ``{answer}``) becomes each record's ``completion``: the study trains on the same answer
 tail integrated gradients scores.
+
+``verbosity="reflective"`` keeps the short traces' text but writes each genuine computation with a slip
+caught and corrected inside its segment (``SLIP``), as the segments the paper finds important reflect;
+the planted segments and the ground truth are the short traces'.
 """
 from __future__ import annotations
 
 import random
+import re
 
 from .records import Record, write_jsonl
 
@@ -37,7 +42,9 @@ OPENERS = ("Wait,", "But wait,", "Alternatively,", "However,", "Going back,", "A
 # the phrase after the opener that marks each planted kind (never in a genuine segment)
 MARKERS = {"repeat": "let me redo that:", "verify": "let me double-check:", "abandoned": "I could also try",
            "restatement": "in other words, the result is"}
-VERBOSITIES = ("short", "verbose")
+VERBOSITIES = ("short", "verbose", "reflective")
+# reflective traces: between a genuine step's wrong value and its correction (inside the segment, no keyword)
+SLIP = "no, that slipped:"
 # verbose traces: a lead before and a follow-up after each segment's content, by kind (one of each drawn);
 # no digit, marker or conclusion in them, so they add length and no information
 PROSE = {
@@ -128,13 +135,27 @@ def _verbose(body: str, kind: str, rng: random.Random) -> str:
     return " ".join(part for part in (lead, body, follow) if part)
 
 
-def make_trace(p: dict, rng: random.Random, plant: bool = True, max_planted: int = 6,
-               prose: random.Random | None = None) -> tuple[str, list[dict]]:
+def _reflective(body: str, kind: str, rng: random.Random) -> str:
+    """A genuine step's computation (``label: expr = value.``) written with a wrong value first, then caught
+    and corrected: ``label: expr = wrong, no, that slipped: expr = value.``; any other body unchanged."""
+    m = re.fullmatch(r"(?P<label>[^:]+): (?P<expr>.+) = (?P<value>\d+)\.", body)
+    if kind != "genuine" or m is None:
+        return body
+    value = int(m["value"])
+    wrong = value + rng.choice([d for d in (-10, -2, -1, 1, 2, 10) if value + d >= 0])
+    return f"{m['label']}: {m['expr']} = {wrong}, {SLIP} {m['expr']} = {value}."
+
+
+STYLES = {"verbose": _verbose, "reflective": _reflective}
+
+
+def make_trace(p: dict, rng: random.Random, plant: bool = True, max_planted: int = 6, verbosity: str = "short",
+               style: random.Random | None = None) -> tuple[str, list[dict]]:
     """The trace of problem ``p`` and its per-segment metadata (span, kind). Planted segments sit
     between the first and last segments: an abandoned attempt anywhere there, a repeat after the step
     it redoes, checks and restatements once the result is known (after the last genuine step).
-    With ``prose`` (a generator of its own, so the structure drawn from ``rng`` is the short trace's),
-    the setup and middle segments are verbose (``PROSE``)."""
+    Other than ``short``, ``verbosity`` rewrites the setup and middle segments (``STYLES``), drawing from
+    ``style`` (a generator of its own, so the structure drawn from ``rng`` is the short trace's)."""
     opener = lambda: "\n\n" + rng.choice(OPENERS) + " "  # noqa: E731
     body = [(opener(), step + ".", "genuine", i) for i, step in enumerate(p["steps"])]
     if plant:
@@ -143,7 +164,8 @@ def make_trace(p: dict, rng: random.Random, plant: bool = True, max_planted: int
             after = {"abandoned": -1, "repeat": step}.get(kind, len(p["steps"]) - 1)  # the genuine step it follows
             first = 0 if after < 0 else next(i for i, b in enumerate(body) if b[3] == after) + 1
             body.insert(rng.randint(first, len(body)), (opener(), _planted(kind, p, step), kind, None))
-    wrap = (lambda text, kind: _verbose(text, kind, prose)) if prose else (lambda text, kind: text)  # noqa: E731
+    wrap = (lambda text, kind: text) if verbosity == "short" else (  # noqa: E731
+        lambda text, kind: STYLES[verbosity](text, kind, style))
     pieces = [("Okay, " + wrap(p["setup"] + ".", "setup"), "genuine"),
               *((op + wrap(text, kind), kind) for op, text, kind, _ in body),
               (f"{opener()}so the final answer is \\boxed{{{p['answer']}}}.", "genuine")]
@@ -177,19 +199,19 @@ def planted_mask(meta: dict, spans: list[list[int]]) -> list[bool] | None:
 def generate(n: int, seed: int = 0, split: str = "train", plant: bool = True, max_planted: int = 6,
              exclude: set[str] = frozenset(), verbosity: str = "short", tail: str = "") -> list[Record]:
     """``n`` records with distinct questions, none in ``exclude``; the same arguments give the same records,
-    and the records of both verbosities share questions, kinds and positions. ``tail`` (with ``{answer}``)
+    and the records of every verbosity share questions, kinds and positions. ``tail`` (with ``{answer}``)
     is each record's ``completion``."""
     if verbosity not in VERBOSITIES:
         raise ValueError(f"verbosity {verbosity!r}: use one of {VERBOSITIES}")
     rng = random.Random(f"{seed}-{split}")
-    prose = random.Random(f"{seed}-{split}-prose") if verbosity == "verbose" else None
+    style = random.Random(f"{seed}-{split}-{'prose' if verbosity == 'verbose' else verbosity}")
     records, seen = [], set(exclude)
     while len(records) < n:
         p = _problem(rng)
         if p["question"] in seen:
             continue
         seen.add(p["question"])
-        trace, segs = make_trace(p, rng, plant, max_planted, prose)
+        trace, segs = make_trace(p, rng, plant, max_planted, verbosity, style)
         records.append(Record(f"synth-{split}-{len(records)}", p["question"], trace, str(p["answer"]), "synthetic",
                               {"segments": segs}, tail.format(answer=p["answer"])))
     return records
@@ -206,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--split", default="train")
     p.add_argument("--clean", action="store_true", help="genuine steps only, nothing planted")
     p.add_argument("--max-planted", type=int, default=6, help="planted segments per trace are drawn from 0..this")
-    p.add_argument("--verbosity", default="short", choices=VERBOSITIES, help="verbose: segments carry reasoning prose")
+    p.add_argument("--verbosity", default="short", choices=VERBOSITIES, help="verbose: segments carry reasoning prose; reflective: genuine steps catch and correct a slip")
     a = p.parse_args(argv)
     print(write_jsonl(generate(a.n, a.seed, a.split, not a.clean, a.max_planted, verbosity=a.verbosity), a.path))
 

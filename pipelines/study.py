@@ -3,12 +3,13 @@ benchmark, then pre-registered students.
 
     python -m pipelines.study --config recipes/study/smollm2.yaml [--until selection] [--force] [--quick] [--key value ...]
 
-1. data: short and verbose benchmark traces with planted redundancy (the same questions and planted
-   segments; the verbose ones carry reasoning prose), held-out questions, clean traces of other questions
-   for the attribution model and for gate a (data.synthetic). Every trace ends in the answer tail IG scores;
+1. data: benchmark traces with planted redundancy in three regimes (the same questions and planted segments:
+   short; verbose, with reasoning prose; reflective, each genuine step catching and correcting a slip),
+   held-out questions, clean traces of other questions for the attribution model and for gate a
+   (data.synthetic). Every trace ends in the answer tail IG scores;
 2. the attribution model: SmolLM2 fine-tuned on clean traces of other questions; **gates** a (P(gold) at
    the IG target on held-out clean traces) and c (held-out accuracy) are checked before any IG;
-3. IG (``ig_steps: auto``) with the attribution model on both regimes and with the base model on the short
+3. IG (``ig_steps: auto``) with the attribution model on every regime and with the base model on the short
    one; **gate** b (convergence): the unconverged are named and left out of the benchmark;
 4. the **selection benchmark**: per score, AUROC for planted vs genuine middle segments with a bootstrap
    interval over traces, by planted kind (pipelines.study_selection); ``--until selection`` stops here;
@@ -36,7 +37,7 @@ from .quickstart import Stages, profile_table, stage_work, trained
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "study" / "smollm2.yaml"
 # tiny sizes; the gates' thresholds opened and every IG level accepted, so the plumbing runs end to end
 QUICK = ["--study_n_train", "6", "--study_n_bench", "8", "--study_n_verbose", "2", "--study_n_base", "2",
-         "--study_n_eval", "6", "--study_n_gate", "2", "--study_n_attributor", "8", "--study_seeds", "0",
+         "--study_n_reflective", "2", "--study_n_eval", "6", "--study_n_gate", "2", "--study_n_attributor", "8", "--study_seeds", "0",
          "--study_other_seeds", "0", "--study_attributor_epochs", "1", "--num_train_epochs", "1", "--ig_max_steps", "9",
          "--ig_tolerance", "1e6", "--eval_max_new_tokens", "24", "--analysis_confidence_samples", "2",
          "--study_min_probability", "0", "--study_min_accuracy", "0", "--study_max_unconverged", "1"]
@@ -64,7 +65,8 @@ ROWS = (
     Row("high_strength", "high_strength_segments", paper_table2=46.9),
 )
 ATTRIBUTORS = {"task": "task attributor (fine-tuned on clean traces)", "base": "base model"}
-IG_RUNS = (("task", "short"), ("base", "short"), ("task", "verbose"))  # (attributor, regime), in run order
+REGIMES = ("short", "verbose", "reflective")  # data.synthetic's verbosities, each a benchmark regime
+IG_RUNS = (("task", "short"), ("base", "short"), ("task", "verbose"), ("task", "reflective"))  # (attributor, regime)
 
 
 def _students(recipe) -> list[tuple[Row, int]]:
@@ -106,14 +108,19 @@ def _design(recipe) -> dict:
 
 
 def _check_design(run_dir: Path, design: dict) -> None:
-    path = run_dir / "study.json"
-    if path.exists():
-        before = json.loads(path.read_text())
-        changed = {k: (before.get(k), v) for k, v in json.loads(json.dumps(design, default=str)).items() if before.get(k) != v}
-        if changed:
-            raise SystemExit(f"{run_dir} holds a study with other settings {changed} (before, now): use another --run_dir")
-    else:
-        path.write_text(json.dumps(design, indent=1, default=str))
+    """Refuse a run folder written with other settings. A setting the folder's study did not have yet (a
+    stage added since, such as a new regime's size) is recorded and its stages run; none it had may change."""
+    path, now = run_dir / "study.json", json.loads(json.dumps(design, default=str))
+    before = json.loads(path.read_text()) if path.exists() else {}
+    changed = {k: (before[k], v) for k, v in now.items() if k in before and before[k] != v}
+    if changed:
+        raise SystemExit(f"{run_dir} holds a study with other settings {changed} (before, now): use another --run_dir")
+    added = sorted(set(now) - set(before))
+    if before and added:
+        print(f"{path}: settings new since this folder was written, their stages run now: "
+              + ", ".join(f"{k}={now[k]}" for k in added))
+    if added:
+        path.write_text(json.dumps({**before, **now}, indent=1))
 
 
 # --- measurements (pure: samples, selections and stage results in, numbers out) ------------------------
@@ -205,46 +212,53 @@ def _parse(argv: list[str]):
     return recipe, a
 
 
-def _make_data(recipe, files: dict) -> dict:
-    """Every trace file of the study, with disjoint questions across benchmark, held-out, attributor and
-    gate traces; the verbose benchmark traces share the first short ones' questions and planted segments."""
+def _study_records(recipe) -> dict[str, list]:
+    """Every trace set of the study by file name, with disjoint questions across benchmark, held-out,
+    attributor and gate traces; each regime's benchmark (and gate) traces share the short ones' questions
+    and planted segments."""
     from data import synthetic
-    from data.records import write_jsonl
 
     study, seed, tail = recipe.study, recipe.sft.seed, recipe.attribution.ig_answer_suffix
     gen = lambda n, split, seen, **kw: synthetic.generate(n, seed, split, exclude=seen, tail=tail,  # noqa: E731
                                                           max_planted=study.study_max_planted, **kw)
-    bench = gen(study.study_n_bench, "train", set())
-    seen = {r.question for r in bench}
-    made = {"bench_short": bench, "bench_verbose": gen(study.study_n_verbose, "train", set(), verbosity="verbose"),
-            "train": bench[: study.study_n_train]}
+    sizes = {"short": study.study_n_bench, "verbose": study.study_n_verbose, "reflective": study.study_n_reflective}
+    made = {f"bench_{regime}": gen(sizes[regime], "train", set(), verbosity=regime) for regime in REGIMES}
+    made["train"] = made["bench_short"][: study.study_n_train]
+    seen = {r.question for r in made["bench_short"]}
     made["eval"] = gen(study.study_n_eval, "eval", seen)
     seen |= {r.question for r in made["eval"]}
     made["attributor"] = gen(study.study_n_attributor, "attributor", seen, plant=False)
     seen |= {r.question for r in made["attributor"]}
-    for regime in ("short", "verbose"):  # the same held-out questions in both verbosities
-        made[f"gate_{regime}"] = gen(study.study_n_gate, "gate", seen, plant=False, verbosity=regime)
-    for name, recs in made.items():
-        write_jsonl(recs, files[name])
-    shares = [synthetic.planted_share(r) for r in made["train"]]
+    made.update({f"gate_{regime}": gen(study.study_n_gate, "gate", seen, plant=False, verbosity=regime)
+                 for regime in REGIMES})
+    return made
+
+
+def _write_data(made: dict, files: dict, names: list[str]) -> dict:
+    """Writes the trace sets ``names``; the students' planted share when they are among them."""
+    from data.records import write_jsonl
+    from data.synthetic import planted_share
+
+    for name in names:
+        write_jsonl(made[name], files[name])
+    if "train" not in names:
+        return {}
+    shares = [planted_share(r) for r in made["train"]]
     return {"planted_share": {"mean": float(np.mean(shares)), "min": float(np.min(shares)),
                               "max": float(np.max(shares)), "quartiles": np.quantile(shares, [0.25, 0.5, 0.75]).tolist()}}
 
 
-def _gate_probability(recipe, files: dict) -> dict:
-    """Gate a: exp F(x) at the IG target, the task attributor on the held-out clean traces of each verbosity."""
+def _gate_probability(recipe, path: Path) -> dict:
+    """Gate a: exp F(x) at the IG target, the task attributor on the held-out clean traces at ``path``."""
     from attribution.runner import target_logprob
     from common.modeling import inference_model, load_tokenizer
     from data.loaders import load_trace_records
 
     name = str(recipe.paths.model("attributor"))
     model, tok = inference_model(name, recipe.model.dtype), load_tokenizer(name)
-    out = {}
-    for regime in ("short", "verbose"):
-        recs, _ = load_trace_records(replace(recipe.traces, traces=str(files[f"gate_{regime}"])))
-        p = np.exp([target_logprob(model, tok, r, recipe.traces, recipe.attribution) for r in recs])
-        out[regime] = {"mean": float(p.mean()), "min": float(p.min()), "traces": len(p)}
-    return out
+    recs, _ = load_trace_records(replace(recipe.traces, traces=str(path)))
+    p = np.exp([target_logprob(model, tok, r, recipe.traces, recipe.attribution) for r in recs])
+    return {"mean": float(p.mean()), "min": float(p.min()), "traces": len(p)}
 
 
 def _stop_on_failed(checked: list[dict], force: bool, report_path: Path, write) -> None:
@@ -272,10 +286,13 @@ def run(argv: list[str]) -> dict:
     _check_design(run_dir, _design(recipe))
     stage = Stages(run_dir)
     data = run_dir / "data"
-    files = {name: data / f"{name}.jsonl" for name in ("bench_short", "bench_verbose", "train", "attributor", "gate_short",
-                                                       "gate_verbose")}
+    made = _study_records(recipe)
+    files = {name: data / f"{name}.jsonl" for name in made}
     files["eval"] = data / "synthetic" / "test.jsonl"
-    out = {"data": stage("data", lambda: _make_data(recipe, files)), "forced": flags.force, "until": flags.until}
+    out = {"data": stage("data", lambda: _write_data(made, files, ["train", "eval", "attributor"])),
+           "forced": flags.force, "until": flags.until}
+    for regime in REGIMES:  # a stage each, so a regime added to a run folder gets its traces
+        stage(f"data_{regime}", lambda regime=regime: _write_data(made, files, [f"bench_{regime}", f"gate_{regime}"]))
     recipe.traces.traces = str(files["train"])
     recipe.eval.eval_data_dir, recipe.eval.eval_benchmarks = str(data), ["synthetic"]
     tok = load_tokenizer(recipe.model.model_name_or_path, recipe.traces.chat_template)
@@ -298,13 +315,14 @@ def run(argv: list[str]) -> dict:
     stage("train_attributor", lambda: trained(train(attributor)))
     out["eval_attributor"] = results["eval_attributor"] = stage("eval_attributor", lambda: evaluate(
         attributor.sft.output_dir, "attributor", recipe.eval, template, think))
-    out["probability"] = stage("gate_probability", lambda: _gate_probability(recipe, files))
+    out["probability"] = {regime: stage(f"gate_probability_{regime}", lambda regime=regime: _gate_probability(
+        recipe, files[f"gate_{regime}"])) for regime in REGIMES}
     out["gates"] = gates(study, out["probability"], out["eval_attributor"], {})
     _stop_on_failed(out["gates"], flags.force, run_dir / "report.md", write_report)
 
     # 3. IG on the benchmark traces; gate b
     loaded = {regime: load_trace_records(replace(recipe.traces, traces=str(files[f"bench_{regime}"])))
-              for regime in ("short", "verbose")}
+              for regime in REGIMES}
     records = {regime: recs for regime, (recs, _) in loaded.items()}
     ig, out["ig"] = {}, {}
     for which, regime in IG_RUNS:
@@ -457,7 +475,9 @@ def report(recipe, out: dict, profile: str) -> str:
               f"- Benchmark traces: {study.study_n_bench} short (the first {study.study_n_train} train the students; the "
               f"other {study.study_n_bench - study.study_n_train} are the held-out traces of the tau/beta search), "
               f"{study.study_n_verbose} verbose (the first short ones' questions and planted segments, with reasoning "
-              f"prose), the first {study.study_n_base} short ones with the base model too. 0-{study.study_max_planted} "
+              f"prose), {study.study_n_reflective} reflective (the first short ones, each genuine step catching and correcting "
+              f"a slip inside its segment), the first {study.study_n_base} short ones with the base model too. "
+              f"0-{study.study_max_planted} "
               f"planted segments per trace; the students' traces are {100 * share['mean']:.0f}% planted characters on "
               f"average (quartiles {', '.join(f'{100 * q:.0f}%' for q in share['quartiles'])}).",
               f"- Attribution model: {recipe.model.model_name_or_path} fine-tuned on {study.study_n_attributor} clean short "

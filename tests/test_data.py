@@ -265,6 +265,38 @@ def test_verbose_traces_keep_the_short_ones_ground_truth(smol_tok):
         synthetic.generate(1, verbosity="long")
 
 
+def test_reflective_traces_catch_a_slip_in_each_genuine_step():
+    """A reflective trace is its short twin whose genuine computations each state a wrong value, then the
+    right one, inside the same segment: the split at keywords, the kinds, the planted segments and the
+    answer are the short trace's."""
+    import re
+
+    from attribution.segments import split_segments
+    from data import synthetic
+
+    short = synthetic.generate(30, seed=5)
+    reflective = synthetic.generate(30, seed=5, verbosity="reflective")
+    slips = 0
+    for s, r in zip(short, reflective):
+        assert (s.question, s.answer) == (r.question, r.answer)
+        assert [m["kind"] for m in s.meta["segments"]] == [m["kind"] for m in r.meta["segments"]]
+        assert [[m["start"], m["end"]] for m in r.meta["segments"]] == [[g.start, g.end] for g in split_segments(r.trace)]
+        for ms, mr in zip(s.meta["segments"], r.meta["segments"]):
+            short_text, text = s.trace[ms["start"]:ms["end"]], r.trace[mr["start"]:mr["end"]]
+            if synthetic.SLIP not in text:
+                assert text == short_text
+                continue
+            slips += 1
+            # "label: expr = wrong, no, that slipped: expr = right." where the short segment reads "label: expr = right."
+            before, after = text.split(f", {synthetic.SLIP} ")
+            head, wrong = before.rsplit(" = ", 1)
+            assert ms["kind"] == "genuine" and short_text == f"{head} = {after.rsplit(' = ', 1)[1]}"
+            assert head.endswith(after.rsplit(" = ", 1)[0]) and int(wrong) != int(re.findall(r"\d+", after)[-1])
+        assert synthetic.planted_counts(r.trace) == synthetic.planted_counts(s.trace)
+    # every genuine computation (not the setup or the answer line) carries its slip
+    assert slips == sum(m["kind"] == "genuine" for s in short for m in s.meta["segments"][1:-1]) > 30
+
+
 def test_study_trains_on_exactly_the_text_ig_scores(smol_tok):
     """With the IG suffix as the records' tail, a training text is the IG text plus EOS (validity gate a)."""
     from common.config import ANSWER_SUFFIX

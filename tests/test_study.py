@@ -140,7 +140,7 @@ def test_quick_study_gate_stops_then_force_goes_on(tmp_path):
     out = run(args + ["--force"])
     report = (tmp_path / "report.md").read_text()
     assert "forced past it" in report and "## Selection benchmark" in report and "## Students" not in report
-    assert {"ig_task_short", "ig_base_short", "ig_task_verbose", "selection"} <= set(out["times"])
+    assert {"ig_task_short", "ig_base_short", "ig_task_verbose", "ig_task_reflective", "selection"} <= set(out["times"])
     assert not any(k.startswith("train_") and k != "train_attributor" for k in out["times"])
 
 
@@ -152,17 +152,23 @@ def test_quick_study_end_to_end_resumes_and_refuses_a_changed_design(tmp_path):
     report = (tmp_path / "report.md").read_text()
     order = ["## Validity gates", "## Selection benchmark", "## Sec. 3 as the paper measures it", "## Students", "## Profile"]
     assert [report.index(s) for s in order] == sorted(report.index(s) for s in order)  # gates first
-    for section in ("### task, short", "### base, short", "### task, verbose", "low strength (eq. 4)",
+    for section in ("### task, short", "### base, short", "### task, verbose", "### task, reflective", "low strength (eq. 4)",
+                    "held-out clean reflective traces",
                     "one-sided lower bound", "Oracle's room", "tau* = ", "| restatement |"):
         assert section in report, section
     for row in ROWS:
         assert f"| {row.name} | 1 |" in report, row.name
     assert (tmp_path / "consistency.png").stat().st_size > 0
-    assert {"data", "train_attributor", "eval_attributor", "gate_probability", "ig_task_short", "selection", "tune",
-            "sec3"} <= set(out["times"])
+    assert {"data", "data_reflective", "train_attributor", "eval_attributor", "gate_probability_verbose",
+            "ig_task_short", "selection", "tune", "sec3"} <= set(out["times"])
     assert len([k for k in out["times"] if k.startswith("train_") and k != "train_attributor"]) == len(ROWS)
     # a rerun reuses every stage (same times), a changed design is refused
     assert run(args)["times"] == out["times"]
     with pytest.raises(SystemExit, match="other settings"):
         run(args + ["--learning_rate", "1e-3"])
     assert json.loads((tmp_path / "study.json").read_text())["learning_rate"] == pytest.approx(2e-4)
+    # a setting the folder's study did not have yet is recorded, and only that setting may be new
+    design = json.loads((tmp_path / "study.json").read_text())
+    (tmp_path / "study.json").write_text(json.dumps({k: v for k, v in design.items() if k != "study_n_reflective"}))
+    assert run(args)["times"] == out["times"]
+    assert json.loads((tmp_path / "study.json").read_text()) == design
