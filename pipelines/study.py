@@ -337,8 +337,15 @@ def run(argv: list[str]) -> dict:
     _stop_on_failed(out["gates"], flags.force, run_dir / "report.md", write_report)
 
     # 4. the selection benchmark
+    from .study_selection import benchmark, counts
+
     attributions = {name: load_attributions(r.attribution.attribution_dir) for name, r in ig.items()}
-    out["selection"] = stage("selection", lambda: _selection(recipe, records, attributions, run_dir / "consistency.png"))
+    tables, out["selection"] = {}, {}
+    for name in ig:  # a stage per IG run, so a regime added to a run folder gets its own
+        tables[name], excluded = _benchmark_table(recipe, records[name.split("_", 1)[1]], attributions[name])
+        out["selection"][name] = stage(f"selection_{name}", lambda t=tables[name], x=excluded: {
+            "counts": counts(t), "excluded": x, "auroc": benchmark(t, seed=recipe.sft.seed)})
+    out["selection"]["figure"] = _consistency_figure(run_dir / "consistency.png", tables)
     if flags.until == "selection":
         print(write_report())
         return {"report": str(run_dir / "report.md"), "times": stage.times}
@@ -372,28 +379,22 @@ def run(argv: list[str]) -> dict:
     return {"report": str(run_dir / "report.md"), "times": stage.times}
 
 
-def _selection(recipe, records: dict, attributions: dict, figure: Path) -> dict:
-    """The benchmark per IG run, on its converged traces (the others named): counts and AUROCs."""
+def _benchmark_table(recipe, records: list, rows: dict) -> tuple[list[dict], list[str]]:
+    """One IG run's middle segments with their scores and truth, on its converged traces, and the
+    unconverged ones it leaves out."""
     from attribution.selection import trace_view
     from data.synthetic import planted_mask
 
-    from .study_selection import benchmark, counts, middle_segments
+    from .study_selection import middle_segments
 
-    out, tables = {}, {}
-    for name, rows in attributions.items():
-        regime = name.split("_", 1)[1]
-        by_id = {r.id: r for r in records[regime]}
-        ok = [rid for rid, row in rows.items() if row["status"] == "ok"]
-        converged = [rid for rid in ok if rows[rid]["ig_converged"]]
-        views = {rid: trace_view(rid, by_id[rid].trace, by_id[rid].answer, rows[rid]["segments"], rows[rid],
-                                 recipe.selection.strength_aggregation, planted_mask(by_id[rid].meta, rows[rid]["segments"]))
-                 for rid in converged}
-        kinds = {rid: [m["kind"] for m in by_id[rid].meta["segments"]] for rid in converged}
-        tables[name] = middle_segments(views, kinds, recipe.selection, recipe.sft.seed)
-        out[name] = {"counts": counts(tables[name]), "excluded": sorted(set(ok) - set(converged)),
-                     "auroc": benchmark(tables[name], seed=recipe.sft.seed)}
-    out["figure"] = _consistency_figure(figure, tables)
-    return out
+    by_id = {r.id: r for r in records}
+    ok = [rid for rid, row in rows.items() if row["status"] == "ok"]
+    converged = [rid for rid in ok if rows[rid]["ig_converged"]]
+    views = {rid: trace_view(rid, by_id[rid].trace, by_id[rid].answer, rows[rid]["segments"], rows[rid],
+                             recipe.selection.strength_aggregation, planted_mask(by_id[rid].meta, rows[rid]["segments"]))
+             for rid in converged}
+    kinds = {rid: [m["kind"] for m in by_id[rid].meta["segments"]] for rid in converged}
+    return middle_segments(views, kinds, recipe.selection, recipe.sft.seed), sorted(set(ok) - set(converged))
 
 
 def _consistency_figure(path: Path, tables: dict) -> str:

@@ -2,6 +2,7 @@
 selection benchmark by hand, and the quick mode end to end on the tiny model (report structure, a gate
 that stops the run, --force, resume, a changed design refused)."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -140,7 +141,8 @@ def test_quick_study_gate_stops_then_force_goes_on(tmp_path):
     out = run(args + ["--force"])
     report = (tmp_path / "report.md").read_text()
     assert "forced past it" in report and "## Selection benchmark" in report and "## Students" not in report
-    assert {"ig_task_short", "ig_base_short", "ig_task_verbose", "ig_task_reflective", "selection"} <= set(out["times"])
+    assert {"ig_task_short", "ig_base_short", "ig_task_verbose", "ig_task_reflective",
+            "selection_task_reflective"} <= set(out["times"])
     assert not any(k.startswith("train_") and k != "train_attributor" for k in out["times"])
 
 
@@ -160,15 +162,20 @@ def test_quick_study_end_to_end_resumes_and_refuses_a_changed_design(tmp_path):
         assert f"| {row.name} | 1 |" in report, row.name
     assert (tmp_path / "consistency.png").stat().st_size > 0
     assert {"data", "data_reflective", "train_attributor", "eval_attributor", "gate_probability_verbose",
-            "ig_task_short", "selection", "tune", "sec3"} <= set(out["times"])
+            "ig_task_short", "selection_base_short", "tune", "sec3"} <= set(out["times"])
     assert len([k for k in out["times"] if k.startswith("train_") and k != "train_attributor"]) == len(ROWS)
     # a rerun reuses every stage (same times), a changed design is refused
     assert run(args)["times"] == out["times"]
     with pytest.raises(SystemExit, match="other settings"):
         run(args + ["--learning_rate", "1e-3"])
     assert json.loads((tmp_path / "study.json").read_text())["learning_rate"] == pytest.approx(2e-4)
-    # a setting the folder's study did not have yet is recorded, and only that setting may be new
+    # a folder written before the reflective regime existed: its setting is recorded and its stages run
     design = json.loads((tmp_path / "study.json").read_text())
     (tmp_path / "study.json").write_text(json.dumps({k: v for k, v in design.items() if k != "study_n_reflective"}))
-    assert run(args)["times"] == out["times"]
+    new = {"data_reflective", "gate_probability_reflective", "ig_task_reflective", "selection_task_reflective"}
+    for name in new:
+        (tmp_path / f"{name}.done").unlink()
+    shutil.rmtree(tmp_path / "attribution_task_reflective")
+    again = run(args)["times"]
+    assert {k for k in again if again[k] != out["times"][k]} == new and "### task, reflective" in (tmp_path / "report.md").read_text()
     assert json.loads((tmp_path / "study.json").read_text()) == design
