@@ -228,7 +228,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--split", default="train")
     p.add_argument("--clean", action="store_true", help="genuine steps only, nothing planted")
     p.add_argument("--max-planted", type=int, default=6, help="planted segments per trace are drawn from 0..this")
-    p.add_argument("--verbosity", default="short", choices=VERBOSITIES, help="verbose: segments carry reasoning prose; reflective: genuine steps catch and correct a slip")
+    p.add_argument("--verbosity", default="short", choices=VERBOSITIES,
+                   help="verbose: segments carry reasoning prose; reflective: genuine steps catch and correct a slip")
     a = p.parse_args(argv)
     print(write_jsonl(generate(a.n, a.seed, a.split, not a.clean, a.max_planted, verbosity=a.verbosity), a.path))
 

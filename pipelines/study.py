@@ -36,10 +36,10 @@ from .quickstart import Stages, profile_table, stage_work, trained
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "study" / "smollm2.yaml"
 # tiny sizes; the gates' thresholds opened and every IG level accepted, so the plumbing runs end to end
-QUICK = ["--study_n_train", "6", "--study_n_bench", "8", "--study_n_verbose", "2", "--study_n_base", "2",
-         "--study_n_reflective", "2", "--study_n_eval", "6", "--study_n_gate", "2", "--study_n_attributor", "8", "--study_seeds", "0",
-         "--study_other_seeds", "0", "--study_attributor_epochs", "1", "--num_train_epochs", "1", "--ig_max_steps", "9",
-         "--ig_tolerance", "1e6", "--eval_max_new_tokens", "24", "--analysis_confidence_samples", "2",
+QUICK = ["--study_n_train", "6", "--study_n_bench", "8", "--study_n_verbose", "2", "--study_n_reflective", "2",
+         "--study_n_base", "2", "--study_n_eval", "6", "--study_n_gate", "2", "--study_n_attributor", "8",
+         "--study_seeds", "0", "--study_other_seeds", "0", "--study_attributor_epochs", "1", "--num_train_epochs", "1",
+         "--ig_max_steps", "9", "--ig_tolerance", "1e6", "--eval_max_new_tokens", "24", "--analysis_confidence_samples", "2",
          "--study_min_probability", "0", "--study_min_accuracy", "0", "--study_max_unconverged", "1"]
 NON_INFERIORITY_MARGIN = 5.0  # accuracy points; the issue's pre-registered margin
 
@@ -344,7 +344,7 @@ def run(argv: list[str]) -> dict:
     for name in ig:  # a stage per IG run, so a regime added to a run folder gets its own
         tables[name], excluded = _benchmark_table(recipe, records[name.split("_", 1)[1]], attributions[name])
         out["selection"][name] = stage(f"selection_{name}", lambda t=tables[name], x=excluded: {
-            "counts": counts(t), "excluded": x, "auroc": benchmark(t, seed=recipe.sft.seed)})
+            "counts": counts(t, recipe.selection.beta), "excluded": x, "auroc": benchmark(t, seed=recipe.sft.seed)})
     out["selection"]["figure"] = _consistency_figure(run_dir / "consistency.png", tables)
     if flags.until == "selection":
         print(write_report())
@@ -485,7 +485,7 @@ def report(recipe, out: dict, profile: str) -> str:
               f"traces of other questions ({study.study_attributor_epochs:g} epochs), trained on exactly the text IG "
               f"scores (prompt, trace, `{recipe.attribution.ig_answer_suffix.format(answer='N')}`)."]
     if "selection" in out:
-        lines += _selection_section(out["selection"])
+        lines += _selection_section(out["selection"], recipe.selection.beta)
     if "sec3" in out:
         lines += _sec3_section(recipe, out)
     if "answers" in out:
@@ -493,7 +493,7 @@ def report(recipe, out: dict, profile: str) -> str:
     return "\n".join(lines + ["", "## Profile", "", profile, ""])
 
 
-def _selection_section(sel: dict) -> list[str]:
+def _selection_section(sel: dict, beta: float) -> list[str]:
     from .study_selection import SCORES
 
     lines = ["", "## Selection benchmark: which scores tell planted middle segments from genuine ones", "",
@@ -506,7 +506,9 @@ def _selection_section(sel: dict) -> list[str]:
         kinds = list(next(iter(r["auroc"].values()))["by_kind"]) if r["auroc"] else []
         lines += [f"### {name.replace('_', ', ')}: {c['traces']} traces, {c['segments']} middle segments "
                   f"({', '.join(f'{k} {n}' for k, n in c['by_kind'].items())}); median tokens genuine "
-                  f"{_num(c['median_tokens']['genuine'], '.0f')}, planted {_num(c['median_tokens']['planted'], '.0f')}"
+                  f"{_num(c['median_tokens']['genuine'], '.0f')}, planted {_num(c['median_tokens']['planted'], '.0f')}; "
+                  f"consistency above beta {beta:g}: genuine {_num(c['above_beta']['genuine'], '.0%')}, "
+                  f"planted {_num(c['above_beta']['planted'], '.0%')}"
                   + (f"; left out (unconverged): {', '.join(r['excluded'])}" if r["excluded"] else ""), "",
                   "| score | AUROC (95% CI) | " + " | ".join(kinds) + " |", "|---|---|" + "---|" * len(kinds)]
         for score, a in r["auroc"].items():
@@ -540,7 +542,13 @@ def _students_section(recipe, out: dict) -> list[str]:
     students = _students(recipe)
     pooled = {row.name: pool([out["answers"][f"{row.name}-s{s}"] for r, s in students if r is row]) for row in ROWS}
     base, limit = pooled["full_cot"], recipe.eval.eval_max_new_tokens
+    attributor = out["eval_attributor"]["synthetic"]["greedy_acc"]
     lines = ["", "## Students (pre-registered: recipes/study/preregistration.md)", "",
+             f"Validity first: the full-CoT student, trained on {recipe.study.study_n_train} traces, answers "
+             f"{100 * base['correct'].mean():.1f}% of the held-out questions and runs to the token limit on "
+             f"{100 * base['at_limit'].mean():.1f}% of them; the attribution model, fine-tuned from the same base "
+             f"on {recipe.study.study_n_attributor} clean traces, answers {attributor:.1f}%. A student that has not learnt the "
+             f"task leaves its selection nothing to show; read the rows against the detectable differences below.", "",
              f"{len(base['ids'])} held-out questions, greedy, at most {limit} new tokens; a row's seeds pooled per "
              f"question; 95% bootstrap intervals over questions. Non-inferior: the one-sided 95% lower bound of the "
              f"difference to full CoT above -{NON_INFERIORITY_MARGIN:g} points.", "",

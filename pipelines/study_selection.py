@@ -83,11 +83,14 @@ def benchmark(traces: list[dict], resamples: int = 2000, seed: int = 0) -> dict:
     return out
 
 
-def counts(traces: list[dict]) -> dict:
-    """Traces, middle segments, planted ones by kind, and the median tokens of genuine and planted ones."""
-    kind = np.concatenate([t["kind"] for t in traces]) if traces else np.array([])
-    tokens = np.concatenate([t["tokens"] for t in traces]) if traces else np.array([])
-    med = lambda m: float(np.median(tokens[m])) if m.any() else None  # noqa: E731
+def counts(traces: list[dict], beta: float) -> dict:
+    """Traces, middle segments, planted ones by kind; the median tokens of genuine and planted ones, and
+    the share of each whose consistency is above ``beta`` (eq. 7 drops those)."""
+    cat = lambda key: np.concatenate([t[key] for t in traces]) if traces else np.array([])  # noqa: E731
+    kind, tokens, consistency = cat("kind"), cat("tokens"), cat("consistency")
+    classes = {"genuine": kind == "genuine", "planted": kind != "genuine"}
+    of = lambda fn: {c: float(fn(m)) if m.any() else None for c, m in classes.items()}  # noqa: E731
     return {"traces": len(traces), "segments": int(len(kind)),
             "by_kind": {k: int((kind == k).sum()) for k in np.unique(kind)},
-            "median_tokens": {"genuine": med(kind == "genuine"), "planted": med(kind != "genuine")}}
+            "median_tokens": of(lambda m: np.median(tokens[m])),
+            "above_beta": of(lambda m: np.mean(consistency[m] > beta))}

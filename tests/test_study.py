@@ -124,8 +124,10 @@ def test_selection_benchmark_by_hand():
     assert result["low strength (eq. 4)"]["by_kind"]["repeat"]["auroc"] == 1.0
     assert set(result["low strength (eq. 4)"]["by_kind"]) == {"repeat", "verify"}
     assert "low confidence gain (Table 3)" not in result  # no feature, no row
-    assert counts(table) == {"traces": 2, "segments": 6, "by_kind": {"genuine": 2, "repeat": 2, "verify": 2},
-                             "median_tokens": {"genuine": 2.0, "planted": 2.0}}
+    # consistency above beta 0.8: genuine 0.3, 0.4 (none); planted 0.7, 0.2, 0.9, 0.35 (one of four)
+    assert counts(table, 0.8) == {"traces": 2, "segments": 6, "by_kind": {"genuine": 2, "repeat": 2, "verify": 2},
+                                  "median_tokens": {"genuine": 2.0, "planted": 2.0},
+                                  "above_beta": {"genuine": 0.0, "planted": 0.25}}
 
 
 def test_quick_study_gate_stops_then_force_goes_on(tmp_path):
@@ -156,7 +158,7 @@ def test_quick_study_end_to_end_resumes_and_refuses_a_changed_design(tmp_path):
     assert [report.index(s) for s in order] == sorted(report.index(s) for s in order)  # gates first
     for section in ("### task, short", "### base, short", "### task, verbose", "### task, reflective", "low strength (eq. 4)",
                     "held-out clean reflective traces",
-                    "one-sided lower bound", "Oracle's room", "tau* = ", "| restatement |"):
+                    "one-sided lower bound", "Oracle's room", "Validity first: the full-CoT student", "tau* = ", "| restatement |"):
         assert section in report, section
     for row in ROWS:
         assert f"| {row.name} | 1 |" in report, row.name
