@@ -204,6 +204,7 @@ def generate(n: int, seed: int = 0, split: str = "train", plant: bool = True, ma
     if verbosity not in VERBOSITIES:
         raise ValueError(f"verbosity {verbosity!r}: use one of {VERBOSITIES}")
     rng = random.Random(f"{seed}-{split}")
+    # the verbose traces' generator keeps the name it had before reflective traces existed, so they stay the same
     style = random.Random(f"{seed}-{split}-{'prose' if verbosity == 'verbose' else verbosity}")
     records, seen = [], set(exclude)
     while len(records) < n:
