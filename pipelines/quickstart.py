@@ -23,7 +23,7 @@ import numpy as np
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "quickstart" / "smollm2.yaml"
 # what the default run took where it was last measured (docs/measurements.md#quickstart)
-EXPECTED = ("quickstart: about 5 min on 2 cores (3 min 16 s where last measured; machines differ by 1.5x or "
+EXPECTED = ("quickstart: about 5 min on 2 cores (3 min 13 s where last measured; machines differ by 1.5x or "
             "more); each stage prints its time")
 
 

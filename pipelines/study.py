@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from data.synthetic import VERBOSITIES as REGIMES  # each verbosity of the synthetic traces is a benchmark regime
+
 from .quickstart import Stages, profile_table, stage_work, trained
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "study" / "smollm2.yaml"
@@ -65,7 +67,6 @@ ROWS = (
     Row("high_strength", "high_strength_segments", paper_table2=46.9),
 )
 ATTRIBUTORS = {"task": "task attributor (fine-tuned on clean traces)", "base": "base model"}
-REGIMES = ("short", "verbose", "reflective")  # data.synthetic's verbosities, each a benchmark regime
 IG_RUNS = (("task", "short"), ("base", "short"), ("task", "verbose"), ("task", "reflective"))  # (attributor, regime)
 
 
@@ -560,12 +561,13 @@ def _students_section(recipe, out: dict) -> list[str]:
         r = pooled[row.name]
         lo, hi = (100 * x for x in bootstrap_ci(r["correct"]))
         seeds = sum(1 for x, _ in students if x is row)
-        vs = ["-"] * 3 + [f"{r['tokens'].mean():.0f}", "-"]  # vs full CoT, lower bound, non-inferior, tokens, length
+        tokens = f"{r['tokens'].mean():.0f}"
+        vs = ["-", "-", "-", tokens, "-"]  # vs full CoT, lower bound, non-inferior, tokens, length
         if row.name != "full_cot":
             c = comparisons[row.name] = compare(r, base)
             length_ci = _ci(*(None if x is None else 100 * x for x in c["length_ci"]), ".1f")
             vs = [f"{c['diff']:+.1f} ({c['ci'][0]:.1f} to {c['ci'][1]:.1f})", f"{c['lower']:+.1f}",
-                  "yes" if c["lower"] > -NON_INFERIORITY_MARGIN else "no", vs[3], f"{100 * c['length']:+.1f}% ({length_ci})"]
+                  "yes" if c["lower"] > -NON_INFERIORITY_MARGIN else "no", tokens, f"{100 * c['length']:+.1f}% ({length_ci})"]
         lines.append(f"| {row.name} | {seeds} | {100 * r['correct'].mean():.1f} ({lo:.1f} to {hi:.1f}) | {' | '.join(vs)} "
                      f"| {100 * r['at_limit'].mean():.1f}% | {r['planted'].mean():.2f} |")
     o = comparisons["oracle"]
